@@ -1,0 +1,5 @@
+import sys
+
+from sbmoe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,184 @@
+"""`sbmoe <command>`: parse arguments, build settings, call the library. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from sbmoe.errors import SbmoeError
+
+logger = logging.getLogger("sbmoe")
+
+EXIT_USER_ERROR = 2
+
+
+def _bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder of BEIR collections (default: $SBMOE_DATA)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_evaluate(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("evaluate", help="evaluate a retriever on a BEIR collection")
+    parser.add_argument("--model", required=True, help="SB-MoE folder, encoder folder, hub id, or minilm-l6")
+    parser.add_argument("--dataset", required=True, help="collection name (under --data-dir) or folder")
+    parser.add_argument("--split", default="test", help="qrels split (default: test)")
+    parser.add_argument("--output-dir", help="where results go (default: runs/evaluate/DATASET-SPLIT-MODEL)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=int, default=1000, help="hits per query in the run (default: 1000)")
+    parser.add_argument(
+        "--drop-self-hits",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="drop hits whose doc id equals the query id; auto = only where queries are corpus documents",
+    )
+    parser.add_argument("--backend", choices=["torch", "faiss"], default="torch", help="exact search backend")
+    parser.add_argument("--pooling", choices=["mean", "cls"], help="override the model's pooling")
+    parser.add_argument("--normalize", type=_bool, metavar="{true,false}", help="override L2 normalisation")
+    parser.add_argument("--query-max-length", type=int)
+    parser.add_argument("--document-max-length", type=int)
+    parser.add_argument("--cache-dir", help="embedding cache (default: $SBMOE_CACHE or ~/.cache/sbmoe)")
+    parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached embeddings")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code to run")
+    _add_common(parser)
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from sbmoe.evaluation.evaluate import EvaluateSettings, evaluate, format_table
+
+    settings = _build(
+        EvaluateSettings,
+        model=args.model,
+        dataset=args.dataset,
+        split=args.split,
+        data_dir=args.data_dir,
+        output_dir=args.output_dir,
+        batch_size=args.batch_size,
+        top_k=args.top_k,
+        drop_self_hits=args.drop_self_hits,
+        backend=args.backend,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        query_max_length=args.query_max_length,
+        document_max_length=args.document_max_length,
+        cache_dir=args.cache_dir,
+        use_cache=not args.no_cache,
+        progress=not args.no_progress,
+        trust_remote_code=args.trust_remote_code,
+    )
+    summary = evaluate(settings)
+    print(format_table([summary]))
+    print(
+        f"corpus embeddings: {'reused from cache' if summary['corpus_from_cache'] else 'encoded'}; "
+        f"total {summary['seconds']['total']:.1f} s; results in {summary['output_dir']}"
+    )
+    return 0
+
+
+def _add_data(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("data", help="list and validate BEIR collections")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate}")
+    listing = actions.add_parser("list", help="collections found under --data-dir / $SBMOE_DATA")
+    _add_common(listing)
+    listing.set_defaults(handler=_run_data_list)
+    validate = actions.add_parser("validate", help="read a collection fully and report counts and problems")
+    validate.add_argument("dataset", help="collection name or folder")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_common(validate)
+    validate.set_defaults(handler=_run_data_validate)
+
+
+def _run_data_list(args: argparse.Namespace) -> int:
+    from sbmoe.data import list_datasets, load_dataset
+
+    for path in list_datasets(args.data_dir):
+        print(f"{path.name:<20} splits: {', '.join(load_dataset(path).splits()) or '-'}   {path}")
+    return 0
+
+
+def _run_data_validate(args: argparse.Namespace) -> int:
+    from sbmoe.data import load_dataset, validate_dataset
+
+    report = validate_dataset(load_dataset(args.dataset, args.data_dir))
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    counts = f"{report['num_documents']:,} documents, {report['num_queries']:,} queries"
+    print(f"{report['name']}: {counts} ({report['path']})")
+    for split, counts in report["splits"].items():
+        details = ", ".join(f"{key} {value:,}" for key, value in counts.items())
+        print(f"  {split}: {details}")
+    print(f"  queries are corpus documents: {report['queries_are_documents']}")
+    for problem in report["problems"]:
+        print(f"  problem: {problem}")
+    if not report["problems"]:
+        print("  no problems found")
+    return 0
+
+
+def _build(factory: Callable, **kwargs):
+    """Build a settings object; its validation errors are user errors."""
+    try:
+        return factory(**kwargs)
+    except ValueError as error:
+        raise SbmoeError(str(error)) from error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sbmoe import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sbmoe", description="Dense retrieval with a single-block mixture of experts."
+    )
+    parser.add_argument("--version", action="version", version=f"sbmoe {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_evaluate(commands)
+    _add_data(commands)
+    return parser
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    import transformers
+
+    # The library's load reports and weight-loading bars are noise for a CLI user.
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.handler(args)
+    except SbmoeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

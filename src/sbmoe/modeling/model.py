@@ -1,0 +1,128 @@
+"""`SBMoEModel`: base encoder + pooling (+ the MoE block), as one Hugging Face model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from sbmoe.modeling.config import SBMoEConfig
+from sbmoe.modeling.moe import SBMoEBlock, routing_keys
+from sbmoe.modeling.pooling import pool
+
+
+@dataclass
+class SBMoEOutput(ModelOutput):
+    """The model's output for B texts.
+
+    embeddings [B, H]: the vectors that are scored (dot product). pooled [B, H]: the encoder's pooled
+    output. With the MoE block: router_logits [B, N], routing_weights [B, N], selected_experts [B, K],
+    aux_loss (the load-balancing term times router_aux_loss_coef) and balance_loss (unweighted).
+    """
+
+    embeddings: torch.Tensor | None = None
+    pooled: torch.Tensor | None = None
+    router_logits: torch.Tensor | None = None
+    routing_weights: torch.Tensor | None = None
+    selected_experts: torch.Tensor | None = None
+    aux_loss: torch.Tensor | None = None
+    balance_loss: torch.Tensor | None = None
+
+
+class SBMoEModel(PreTrainedModel):
+    """A bi-encoder: one shared encoder for queries and documents, pooled, then the head.
+
+    The work is split in two so that the expensive part can be cached: `pool` runs the encoder
+    (token ids -> pooled vector), `head` turns pooled vectors into the embeddings that are scored.
+    """
+
+    config_class = SBMoEConfig
+    base_model_prefix = "sbmoe"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: SBMoEConfig, encoder: PreTrainedModel | None = None):
+        super().__init__(config)
+        if encoder is None:
+            encoder = AutoModel.from_config(config.encoder)
+        else:
+            # Built around a pretrained encoder (its weights are not initialised twice): its config,
+            # with its resolved attention implementation, is the one the model saves.
+            config.encoder = encoder.config
+        self.encoder = encoder
+        self.moe = self._build_moe(config) if config.use_moe else None
+        self.post_init()
+
+    @staticmethod
+    def _build_moe(config: SBMoEConfig) -> SBMoEBlock:
+        expert_hidden_size, gate_hidden_size = config.moe_block_sizes()
+        return SBMoEBlock(
+            hidden_size=config.hidden_size,
+            num_experts=config.num_experts,
+            expert_hidden_size=expert_hidden_size,
+            gate_hidden_size=gate_hidden_size,
+            activation=config.expert_activation,
+            variant=config.variant,
+            random_gate=config.random_gate,
+            random_gate_seed=config.random_gate_seed,
+        )
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        # The encoder initialises itself; the head's modules initialise in their constructors.
+        pass
+
+    def pool(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids [B, T] -> pooled encoder output [B, H] (not normalised)."""
+        kwargs = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        return pool(hidden, attention_mask, self.config.pooling)
+
+    def head(
+        self,
+        pooled: torch.Tensor,
+        mode: str | None = None,
+        keys: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SBMoEOutput:
+        """Pooled vectors [B, H] -> the embeddings that are scored by dot product [B, H].
+
+        mode: inference routing (top1, topk:K, all, random; default `config.default_mode`); ignored in
+        training mode, where routing is noisy top-1 (or random for the RANDOM-GATE ablation).
+        keys [B]: per-text routing keys (`routing_keys`), needed by the "random" mode.
+        generator: the random source of training-time routing.
+        """
+        if self.moe is None:
+            embeddings = F.normalize(pooled, dim=-1) if self.config.normalize else pooled
+            return SBMoEOutput(embeddings=embeddings, pooled=pooled)
+        out, routing = self.moe(pooled, mode or self.config.default_mode, keys, generator)
+        embeddings = F.normalize(out, dim=-1) if self.config.normalize else out
+        return SBMoEOutput(
+            embeddings=embeddings,
+            pooled=pooled,
+            router_logits=routing.router_logits,
+            routing_weights=routing.routing_weights,
+            selected_experts=routing.selected_experts,
+            aux_loss=self.config.router_aux_loss_coef * routing.balance_loss,
+            balance_loss=routing.balance_loss,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+        mode: str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> SBMoEOutput:
+        """Token ids [B, T] -> embeddings [B, H] and routing. See `head` for the arguments."""
+        pooled = self.pool(input_ids, attention_mask, token_type_ids)
+        keys = routing_keys(input_ids, attention_mask) if self.moe is not None else None
+        return self.head(pooled, mode, keys, generator)

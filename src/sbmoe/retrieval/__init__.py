@@ -1,0 +1,1 @@
+"""Encoding texts, exact search, and TREC run files."""

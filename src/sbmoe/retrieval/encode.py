@@ -1,0 +1,192 @@
+"""Batched encoding of texts into pooled vectors, and a disk cache for corpus embeddings.
+
+The cache stores the encoder's pooled output (before the model's head), so a change of head settings or
+routing mode reuses it. Its key covers the encoder weights, pooling, max length and the exact texts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
+
+from sbmoe.modeling.model import SBMoEModel
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def encode_pooled(
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    kind: str,
+    *,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Encode `texts` ("query" or "document" limits apply) into pooled vectors [N, H], float32.
+
+    Texts are tokenised once, then batched longest first so padding is small; rows come back in
+    the input order.
+    """
+    device = device or next(model.parameters()).device
+    hidden = model.config.hidden_size
+    token_ids = tokenizer(
+        list(texts),
+        truncation=True,
+        max_length=model.config.max_length_for(kind),
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
+    pooled = np.empty((len(texts), hidden), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    with (
+        torch.inference_mode(),
+        tqdm(total=len(texts), desc=f"Encoding {kind}s", unit=kind[:3], disable=not progress) as bar,
+    ):
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
+            vectors = model.pool(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # [b, H]
+            pooled[rows] = vectors.float().cpu().numpy()
+            bar.update(len(rows))
+    model.train(was_training)
+    return pooled
+
+
+def apply_head(model: SBMoEModel, pooled: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """Run the model's head over pooled vectors [N, H] in batches -> embeddings [N, H], float32."""
+    device = next(model.parameters()).device
+    out = np.empty_like(pooled, dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(pooled), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(pooled[start : start + batch_size])).to(device)
+            out[start : start + batch_size] = model.head(chunk).embeddings.float().cpu().numpy()
+    return out
+
+
+def model_fingerprint(module: torch.nn.Module) -> str:
+    """A digest of a module's parameter and buffer names, shapes, dtypes and values."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def texts_fingerprint(ids: Sequence[str], texts: Sequence[str]) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    for doc_id, text in zip(ids, texts, strict=True):
+        digest.update(doc_id.encode())
+        digest.update(b"\x00")
+        digest.update(text.encode())
+        digest.update(b"\x01")
+    return digest.hexdigest()
+
+
+def default_cache_dir() -> Path:
+    """$SBMOE_CACHE, else ~/.cache/sbmoe."""
+    return Path(os.environ.get("SBMOE_CACHE") or Path.home() / ".cache" / "sbmoe")
+
+
+class EmbeddingCache:
+    """Pooled embeddings on disk: <root>/embeddings/<key>/{embeddings.npy, ids.json, meta.json}."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.root = Path(root) if root is not None else default_cache_dir()
+
+    def key(self, model: SBMoEModel, kind: str, ids: Sequence[str], texts: Sequence[str]) -> str:
+        parts = {
+            "format": CACHE_FORMAT,
+            "encoder": model_fingerprint(model.encoder),
+            "pooling": model.config.pooling,
+            "max_length": model.config.max_length_for(kind),
+            "texts": texts_fingerprint(ids, texts),
+        }
+        return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
+
+    def folder(self, key: str) -> Path:
+        return self.root / "embeddings" / key
+
+    def load(self, key: str, ids: Sequence[str]) -> np.ndarray | None:
+        """The cached array for `key` if present, complete and for exactly these ids; else None."""
+        folder = self.folder(key)
+        try:
+            cached_ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
+            array = np.load(folder / "embeddings.npy", allow_pickle=False)
+        except (OSError, ValueError) as error:
+            if folder.exists():
+                logger.warning("ignoring unreadable embedding cache %s (%s)", folder, error)
+            return None
+        if cached_ids != list(ids) or array.shape[0] != len(ids):
+            logger.warning("ignoring embedding cache %s: it holds other documents", folder)
+            return None
+        return array
+
+    def save(self, key: str, ids: Sequence[str], array: np.ndarray, meta: dict) -> Path:
+        """Write atomically: a temporary folder renamed into place, so a crash leaves no half entry."""
+        folder = self.folder(key)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
+        try:
+            np.save(staging / "embeddings.npy", np.ascontiguousarray(array, dtype=np.float32))
+            (staging / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
+            (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+
+def encode_corpus(
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    ids: Sequence[str],
+    texts: Sequence[str],
+    *,
+    cache: EmbeddingCache | None = None,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, bool]:
+    """Pooled document vectors [N, H] for a corpus, from the cache when possible.
+
+    Returns the array and whether it came from the cache.
+    """
+    key = cache.key(model, "document", ids, texts) if cache is not None else None
+    if cache is not None:
+        cached = cache.load(key, ids)
+        if cached is not None:
+            logger.info("Reusing cached corpus embeddings %s (%d x %d)", cache.folder(key), *cached.shape)
+            return cached, True
+    pooled = encode_pooled(
+        model, tokenizer, texts, "document", batch_size=batch_size, device=device, progress=progress
+    )
+    if cache is not None:
+        meta = {"num_documents": len(ids), "hidden_size": pooled.shape[1], "model": model.config.name_or_path}
+        folder = cache.save(key, ids, pooled, meta)
+        logger.info("Cached corpus embeddings in %s", folder)
+    return pooled, False

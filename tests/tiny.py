@@ -1,0 +1,83 @@
+"""Builders of tiny offline test material: a random BERT encoder folder and a BEIR collection folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+WORDS = (
+    "the a of and in to is for on with cells gene protein cancer virus brain heart blood drug trial "
+    "mouse human effect risk study patients treatment increase decrease vitamin sleep diet exercise "
+    "apple river music planet ocean stone light"
+).split()
+
+DOCUMENTS = {
+    "d1": ("Gene study", "the gene protein in human cells"),
+    "d2": ("Cancer", "cancer risk and drug trial in patients"),
+    "d3": ("Virus", "virus in blood of mouse"),
+    "d4": ("Brain", "brain and sleep study"),
+    "d5": ("Heart", "heart risk with diet and exercise"),
+    "d6": ("Vitamin", "vitamin effect on treatment"),
+    "d7": ("", "apple river music"),
+    "d8": ("Planet", "planet ocean stone light"),
+}
+QUERIES = {
+    "q1": "gene protein",
+    "q2": "cancer drug",
+    "q3": "virus blood",
+    "q4": "sleep brain",
+    "q5": "heart diet",
+    "q6": "vitamin treatment",
+}
+QRELS = {
+    "train": {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d3": 1}, "q4": {"d4": 1}},
+    "test": {"q5": {"d5": 2, "d4": 1}, "q6": {"d6": 1}},
+}
+
+
+def make_tokenizer() -> BertTokenizerFast:
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    return BertTokenizerFast(vocab=vocab, do_lower_case=True)
+
+
+def make_tiny_encoder(folder: Path, seed: int = 0) -> Path:
+    """A random 2-layer BERT (hidden 32) with its tokenizer, saved as a Hugging Face folder."""
+    torch.manual_seed(seed)
+    tokenizer = make_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def make_tiny_beir(folder: Path, gzip_corpus: bool = False) -> Path:
+    """A BEIR folder with DOCUMENTS, QUERIES and QRELS (splits train and test)."""
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = "".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n" for i, (t, x) in DOCUMENTS.items())
+    if gzip_corpus:
+        with gzip.open(folder / "corpus.jsonl.gz", "wt", encoding="utf-8") as handle:
+            handle.write(lines)
+    else:
+        (folder / "corpus.jsonl").write_text(lines, encoding="utf-8")
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in QUERIES.items()), encoding="utf-8"
+    )
+    (folder / "qrels").mkdir(exist_ok=True)
+    for split, judgements in QRELS.items():
+        rows = [f"{q}\t{d}\t{g}" for q, docs in judgements.items() for d, g in docs.items()]
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n"
+        )
+    return folder
