@@ -44,13 +44,15 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         help="drop hits whose doc id equals the query id; auto = only where queries are corpus documents",
     )
     parser.add_argument("--backend", choices=["torch", "faiss"], default="torch", help="exact search backend")
-    parser.add_argument("--pooling", choices=["mean", "cls"], help="override the model's pooling")
-    parser.add_argument("--normalize", type=_bool, metavar="{true,false}", help="override L2 normalisation")
-    parser.add_argument("--query-max-length", type=int)
-    parser.add_argument("--document-max-length", type=int)
+    _add_encoder_overrides(parser)
     parser.add_argument("--cache-dir", help="embedding cache (default: $SBMOE_CACHE or ~/.cache/sbmoe)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached embeddings")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code to run")
+    parser.add_argument(
+        "--mode",
+        help="SB-MoE routing: top1, topk:K, all, random, or several separated by commas (encoded once; "
+        "one result folder per mode). Default: the model's default_mode",
+    )
     _add_common(parser)
     parser.set_defaults(handler=_run_evaluate)
 
@@ -69,21 +71,110 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         drop_self_hits=args.drop_self_hits,
         backend=args.backend,
-        pooling=args.pooling,
-        normalize=args.normalize,
-        query_max_length=args.query_max_length,
-        document_max_length=args.document_max_length,
+        **_encoder_overrides(args),
         cache_dir=args.cache_dir,
         use_cache=not args.no_cache,
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
+        modes=tuple(mode.strip() for mode in args.mode.split(",")) if args.mode else None,
     )
-    summary = evaluate(settings)
-    print(format_table([summary]))
+    summaries = evaluate(settings)
+    print(format_table(summaries))
+    last = summaries[-1]
     print(
-        f"corpus embeddings: {'reused from cache' if summary['corpus_from_cache'] else 'encoded'}; "
-        f"total {summary['seconds']['total']:.1f} s; results in {summary['output_dir']}"
+        f"corpus embeddings: {'reused from cache' if last['corpus_from_cache'] else 'encoded'}; "
+        f"total {last['seconds']['total']:.1f} s; results in {', '.join(s['output_dir'] for s in summaries)}"
     )
+    return 0
+
+
+def _add_encoder_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pooling", choices=["mean", "cls"], help="override the base's pooling")
+    parser.add_argument("--normalize", type=_bool, metavar="{true,false}", help="override L2 normalisation")
+    parser.add_argument("--query-max-length", type=int)
+    parser.add_argument("--document-max-length", type=int)
+
+
+def _encoder_overrides(args: argparse.Namespace) -> dict:
+    return {
+        "pooling": args.pooling,
+        "normalize": args.normalize,
+        "query_max_length": args.query_max_length,
+        "document_max_length": args.document_max_length,
+    }
+
+
+def _add_init(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("init", help="build an untrained SB-MoE model on a base encoder")
+    parser.add_argument("--base", required=True, help="encoder folder, hub id, or minilm-l6")
+    parser.add_argument("--output", required=True, help="new model folder (must not exist or be empty)")
+    parser.add_argument("--no-moe", action="store_true", help="no MoE block: the FINE-TUNED baseline's shape")
+    parser.add_argument("--num-experts", type=int, default=6, help="N (1 = a single adapter); default 6")
+    parser.add_argument("--variant", default="faithful", help="faithful (the paper's code) or learned")
+    parser.add_argument("--expert-hidden-size", type=int, help="experts' bottleneck (default H/2)")
+    parser.add_argument("--gate-hidden-size", type=int, help="gate's hidden width (default H/2)")
+    parser.add_argument("--expert-activation", default="relu", help="relu, gelu, silu or tanh")
+    parser.add_argument("--random-gate", action="store_true", help="the RANDOM-GATE ablation")
+    parser.add_argument("--router-aux-loss-coef", type=float, default=0.0, help="load-balancing weight")
+    parser.add_argument("--default-mode", help="inference routing when none is given (default top1)")
+    parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the block")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code to run")
+    _add_encoder_overrides(parser)
+    parser.set_defaults(handler=_run_init)
+
+
+def _run_init(args: argparse.Namespace) -> int:
+    from sbmoe.io import check_new_folder
+    from sbmoe.modeling import build_model, save_model
+
+    check_new_folder(args.output)  # before the slow part
+    moe_settings = {
+        "num_experts": args.num_experts,
+        "variant": args.variant,
+        "expert_hidden_size": args.expert_hidden_size,
+        "gate_hidden_size": args.gate_hidden_size,
+        "expert_activation": args.expert_activation,
+        "random_gate": args.random_gate,
+        "router_aux_loss_coef": args.router_aux_loss_coef,
+        "default_mode": args.default_mode,
+    }
+    model, tokenizer = _build(
+        build_model,
+        base=args.base,
+        use_moe=not args.no_moe,
+        seed=args.seed,
+        trust_remote_code=args.trust_remote_code,
+        encoder_settings=_encoder_overrides(args),
+        **moe_settings,
+    )
+    save_model(model, tokenizer, args.output)
+    block = sum(p.numel() for p in model.moe.parameters()) if model.moe is not None else 0
+    print(
+        f"wrote {args.output}: encoder {sum(p.numel() for p in model.encoder.parameters()):,} parameters, "
+        f"MoE block {block:,}"
+    )
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export", help="write a model in another tool's format")
+    parser.add_argument("--model", required=True, help="SB-MoE model folder")
+    parser.add_argument("--format", choices=["sentence-transformers"], default="sentence-transformers")
+    parser.add_argument("--output", required=True, help="new folder (must not exist or be empty)")
+    parser.add_argument("--mode", help="routing of the exported model (default: the model's default_mode)")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from sbmoe.integrations.sentence_transformers import export_sentence_transformers
+    from sbmoe.io import check_new_folder
+    from sbmoe.modeling import load_model
+
+    check_new_folder(args.output)
+    model, tokenizer = load_model(args.model)
+    export_sentence_transformers(model, tokenizer, args.output, mode=args.mode)
+    remote = ", trust_remote_code=True" if model.moe is not None else ""
+    print(f"wrote {args.output}; load it with SentenceTransformer({str(args.output)!r}{remote})")
     return 0
 
 
@@ -145,7 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sbmoe {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_init(commands)
     _add_evaluate(commands)
+    _add_export(commands)
     _add_data(commands)
     return parser
 

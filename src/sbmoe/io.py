@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +39,34 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_new_folder(path: str | Path) -> Path:
+    """Refuse a destination that exists and is not an empty folder: nothing written before is replaced."""
+    from sbmoe.errors import SbmoeError
+
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise SbmoeError(f"{path} already exists and is not empty; choose another output folder")
+    return path
+
+
+@contextmanager
+def staged_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it is renamed to `path` in one step.
+
+    A crash or error leaves `path` untouched (absent or empty) and removes the temporary folder.
+    """
+    path = check_new_folder(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield staging
+        if path.exists():
+            path.rmdir()
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

@@ -13,11 +13,23 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sbmoe.data import load_dataset
+from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
-from sbmoe.retrieval.encode import EmbeddingCache, apply_head, default_device, encode_corpus, encode_pooled
+from sbmoe.modeling.model import SBMoEModel
+from sbmoe.modeling.moe import parse_mode
+from sbmoe.retrieval.encode import (
+    EmbeddingCache,
+    apply_head,
+    default_device,
+    encode_corpus,
+    encode_pooled,
+    text_routing_keys,
+)
 from sbmoe.retrieval.search import BACKENDS, search, to_run
 from sbmoe.retrieval.trec import write_trec_run
 
@@ -47,6 +59,7 @@ class EvaluateSettings:
     use_cache: bool = True
     progress: bool = True
     trust_remote_code: bool = False
+    modes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.drop_self_hits not in SELF_HIT_CHOICES:
@@ -66,8 +79,12 @@ class EvaluateSettings:
         return Path("runs") / "evaluate" / f"{dataset_name}-{self.split}-{model_tag}"
 
 
-def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
-    """Run the evaluation and write its artifacts. Returns the summary written to metrics.json."""
+def evaluate(settings: EvaluateSettings) -> list[dict[str, Any]]:
+    """Run the evaluation and write its artifacts. Returns one summary (as in metrics.json) per mode.
+
+    The encoder runs once over the corpus and the queries; every routing mode is then the model's head
+    applied to the same pooled vectors, so evaluating several modes costs little more than one.
+    """
     started = time.perf_counter()
     dataset = load_dataset(settings.dataset, settings.data_dir)
     qrels = dataset.qrels(settings.split)
@@ -83,31 +100,32 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
         document_max_length=settings.document_max_length,
         trust_remote_code=settings.trust_remote_code,
     )
+    modes = _check_modes(settings.modes, model)
     device = default_device()
     model.to(device)
 
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
+    document_texts = corpus.document_texts()
     tick = time.perf_counter()
     pooled_docs, from_cache = encode_corpus(
         model,
         tokenizer,
         corpus.ids,
-        corpus.document_texts(),
+        document_texts,
         cache=cache,
         batch_size=settings.batch_size,
         device=device,
         progress=settings.progress,
     )
     corpus_seconds = time.perf_counter() - tick
-    if from_cache:
-        logger.info("Corpus embeddings came from the cache: no encoding needed")
 
     query_ids = [query_id for query_id in qrels if query_id in queries]
+    query_texts = [queries[q] for q in query_ids]
     tick = time.perf_counter()
     pooled_queries = encode_pooled(
         model,
         tokenizer,
-        [queries[q] for q in query_ids],
+        query_texts,
         "query",
         batch_size=settings.batch_size,
         device=device,
@@ -115,50 +133,89 @@ def evaluate(settings: EvaluateSettings) -> dict[str, Any]:
     )
     query_seconds = time.perf_counter() - tick
 
-    tick = time.perf_counter()
-    doc_embeddings = apply_head(model, pooled_docs)
-    query_embeddings = apply_head(model, pooled_queries)
-    # One extra hit per query so that dropping a self-hit still leaves top_k.
-    k = settings.top_k + 1 if drop_self_hits else settings.top_k
-    scores, indices = search(query_embeddings, doc_embeddings, k, backend=settings.backend)
-    run = to_run(query_ids, corpus.ids, scores, indices)
-    if drop_self_hits:
-        run = remove_self_hits(run)
-        run = {
-            q: dict(islice(hits.items(), settings.top_k)) for q, hits in run.items()
-        }  # hits are best first
-    search_seconds = time.perf_counter() - tick
+    summaries = []
+    for mode in modes:
+        tick = time.perf_counter()
+        doc_keys = query_keys = None
+        if mode == "random":  # the RANDOM-GATE choice is a function of each text's tokens
+            doc_keys = text_routing_keys(tokenizer, document_texts, model.config.document_max_length)
+            query_keys = text_routing_keys(tokenizer, query_texts, model.config.query_max_length)
+        doc_embeddings, doc_experts = apply_head(model, pooled_docs, mode, doc_keys)
+        query_embeddings, query_experts = apply_head(model, pooled_queries, mode, query_keys)
+        # One extra hit per query so that dropping a self-hit still leaves top_k.
+        k = settings.top_k + 1 if drop_self_hits else settings.top_k
+        scores, indices = search(query_embeddings, doc_embeddings, k, backend=settings.backend)
+        run = to_run(query_ids, corpus.ids, scores, indices)
+        if drop_self_hits:
+            run = {q: dict(islice(hits.items(), settings.top_k)) for q, hits in remove_self_hits(run).items()}
+        result = evaluate_run(run, qrels, METRICS)
+        mode_dir = output_dir / _mode_folder(mode) if len(modes) > 1 else output_dir
+        summary = {
+            "dataset": dataset.name,
+            "split": settings.split,
+            "model": settings.model,
+            "mode": mode,
+            **result.aggregate,
+            "num_queries": result.num_queries,
+            "drop_self_hits": drop_self_hits,
+            "corpus_from_cache": from_cache,
+            "seconds": {
+                "corpus_encoding": round(corpus_seconds, 3),
+                "query_encoding": round(query_seconds, 3),
+                "head_search_and_metrics": round(time.perf_counter() - tick, 3),
+                "total": round(time.perf_counter() - started, 3),
+            },
+            "expert_counts": _expert_counts(model, query_experts, doc_experts),
+            "per_query": result.per_query,
+        }
+        write_trec_run(run, mode_dir / "run.trec", tag=_run_tag(settings.model))
+        write_json(mode_dir / "metrics.json", summary)
+        write_json(
+            mode_dir / "settings.json",
+            {
+                "settings": asdict(settings),
+                "model_config": model.config.to_dict(),
+                "dataset_path": str(dataset.path),
+                "provenance": provenance(),
+            },
+        )
+        summaries.append({**summary, "output_dir": str(mode_dir)})
+    return summaries
 
-    result = evaluate_run(run, qrels, METRICS)
-    summary = {
-        "dataset": dataset.name,
-        "split": settings.split,
-        "model": settings.model,
-        **result.aggregate,
-        "num_queries": result.num_queries,
-        "drop_self_hits": drop_self_hits,
-        "corpus_from_cache": from_cache,
-        "seconds": {
-            "corpus_encoding": round(corpus_seconds, 3),
-            "query_encoding": round(query_seconds, 3),
-            "search": round(search_seconds, 3),
-            "total": round(time.perf_counter() - started, 3),
-        },
-        "per_query": result.per_query,
+
+def _check_modes(modes: tuple[str, ...] | None, model: SBMoEModel) -> tuple[str | None, ...]:
+    """The routing modes to evaluate; (None,) for a model without an MoE block."""
+    if model.moe is None:
+        if modes:
+            raise SbmoeError(
+                f"--mode {','.join(modes)}: this model has no MoE block, so it has no routing modes"
+            )
+        return (None,)
+    if not modes:
+        return (model.config.default_mode,)
+    for mode in modes:
+        try:
+            parse_mode(mode, model.config.num_experts)
+        except ValueError as error:
+            raise SbmoeError(str(error)) from error
+    return tuple(dict.fromkeys(modes))
+
+
+def _mode_folder(mode: str) -> str:
+    return mode.replace(":", "-")
+
+
+def _expert_counts(
+    model: SBMoEModel, query_experts: np.ndarray | None, doc_experts: np.ndarray | None
+) -> dict[str, list[int]] | None:
+    """How many queries and documents have each expert as their top choice."""
+    if query_experts is None or doc_experts is None:
+        return None
+    n = model.config.num_experts
+    return {
+        "queries": np.bincount(query_experts, minlength=n).tolist(),
+        "documents": np.bincount(doc_experts, minlength=n).tolist(),
     }
-    write_trec_run(run, output_dir / "run.trec", tag=_run_tag(settings.model))
-    write_json(output_dir / "metrics.json", summary)
-    write_json(
-        output_dir / "settings.json",
-        {
-            "settings": asdict(settings),
-            "model_config": model.config.to_dict(),
-            "dataset_path": str(dataset.path),
-            "provenance": provenance(),
-        },
-    )
-    summary["output_dir"] = str(output_dir)
-    return summary
 
 
 def _run_tag(model: str) -> str:

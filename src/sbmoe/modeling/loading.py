@@ -12,9 +12,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from sbmoe.errors import SbmoeError
+from sbmoe.io import staged_folder
 from sbmoe.modeling.config import SBMoEConfig
 from sbmoe.modeling.model import SBMoEModel
 
@@ -127,6 +129,60 @@ def load_model(
     return model, tokenizer
 
 
+MOE_FIELDS = (
+    "num_experts",
+    "expert_hidden_size",
+    "gate_hidden_size",
+    "expert_activation",
+    "variant",
+    "random_gate",
+    "random_gate_seed",
+    "router_aux_loss_coef",
+    "default_mode",
+)
+
+
+def build_model(
+    base: str | Path,
+    *,
+    use_moe: bool = True,
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    encoder_settings: dict[str, Any] | None = None,
+    **moe_settings: Any,
+) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
+    """A new retriever on a pretrained base encoder: the MoE block (if any) freshly initialised from `seed`.
+
+    encoder_settings: pooling / normalize / query_max_length / document_max_length overrides (None keeps
+    the base's own). moe_settings: SBMoEConfig's MoE fields (num_experts, variant, ...).
+    Raises ValueError naming a bad field.
+    """
+    unknown = set(moe_settings) - set(MOE_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown MoE setting(s) {sorted(unknown)}; known: {list(MOE_FIELDS)}")
+    base_model, tokenizer = load_model(base, trust_remote_code=trust_remote_code, **(encoder_settings or {}))
+    config_dict = {
+        key: getattr(base_model.config, key)
+        for key in ("pooling", "normalize", "query_max_length", "document_max_length")
+    }
+    config = SBMoEConfig(encoder=base_model.encoder.config, use_moe=use_moe, **config_dict, **moe_settings)
+    torch.manual_seed(seed)  # the block's initialisation, as nn.Linear's defaults draw it
+    model = SBMoEModel(config, encoder=base_model.encoder)
+    model.eval()
+    return model, tokenizer
+
+
+def save_model(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+    """Save model and tokenizer as a Hugging Face folder, atomically: written beside, then renamed.
+
+    Refuses to replace a folder that exists and is not empty.
+    """
+    with staged_folder(folder) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return Path(folder)
+
+
 def _from_encoder(
     name: str, overrides: dict[str, Any], trust_remote_code: bool
 ) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
@@ -144,7 +200,7 @@ def _from_encoder(
     settings.update(query_max_length=max_length, document_max_length=max_length)
     settings.update(overrides)
     config = SBMoEConfig(encoder=encoder.config, **settings)
-    logger.info("Loaded encoder %s with %s", name, settings)
+    logger.debug("Loaded encoder %s with %s", name, settings)
     return SBMoEModel(config, encoder=encoder), tokenizer
 
 

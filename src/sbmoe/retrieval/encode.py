@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sbmoe.modeling.model import SBMoEModel
+from sbmoe.modeling.moe import routing_keys
 
 logger = logging.getLogger(__name__)
 
@@ -74,15 +75,51 @@ def encode_pooled(
     return pooled
 
 
-def apply_head(model: SBMoEModel, pooled: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """Run the model's head over pooled vectors [N, H] in batches -> embeddings [N, H], float32."""
+def apply_head(
+    model: SBMoEModel,
+    pooled: np.ndarray,
+    mode: str | None = None,
+    keys: np.ndarray | None = None,
+    batch_size: int = 8192,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Run the model's head over pooled vectors [N, H] in batches.
+
+    mode: inference routing (see `SBMoEModel.head`); keys [N]: routing keys, needed by "random".
+    Returns the embeddings [N, H] float32 and, with an MoE block, each text's top expert [N] (else None).
+    """
     device = next(model.parameters()).device
-    out = np.empty_like(pooled, dtype=np.float32)
+    embeddings = np.empty(pooled.shape, dtype=np.float32)
+    experts = np.empty(len(pooled), dtype=np.int64) if model.moe is not None else None
+    was_training = model.training
+    model.eval()
     with torch.inference_mode():
         for start in range(0, len(pooled), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(pooled[start : start + batch_size])).to(device)
-            out[start : start + batch_size] = model.head(chunk).embeddings.float().cpu().numpy()
-    return out
+            stop = start + batch_size
+            chunk = torch.from_numpy(np.ascontiguousarray(pooled[start:stop])).to(device)
+            chunk_keys = torch.from_numpy(keys[start:stop]).to(device) if keys is not None else None
+            out = model.head(chunk, mode=mode, keys=chunk_keys)
+            embeddings[start:stop] = out.embeddings.float().cpu().numpy()
+            if experts is not None:
+                experts[start:stop] = out.selected_experts[:, 0].cpu().numpy()
+    model.train(was_training)
+    return embeddings, experts
+
+
+def text_routing_keys(
+    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int, batch_size: int = 1024
+) -> np.ndarray:
+    """Routing keys [N] of texts, exactly as `SBMoEModel.forward` derives them from its token ids."""
+    keys = np.empty(len(texts), dtype=np.int64)
+    for start in range(0, len(texts), batch_size):
+        batch = tokenizer(
+            list(texts[start : start + batch_size]),
+            truncation=True,
+            max_length=max_length,
+            padding=True,
+            return_tensors="pt",
+        )
+        keys[start : start + batch_size] = routing_keys(batch["input_ids"], batch["attention_mask"]).numpy()
+    return keys
 
 
 def model_fingerprint(module: torch.nn.Module) -> str:

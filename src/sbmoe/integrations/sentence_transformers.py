@@ -1,0 +1,172 @@
+"""Export an SB-MoE model as a sentence-transformers folder.
+
+The folder is sentence-transformers' own layout: Transformer (the encoder and tokenizer at the root),
+Pooling, then `SBMoEHead` (the block, in 2_SBMoEHead/ with config.json and model.safetensors), then
+Normalize when the model normalises. Only the head is sbmoe code, so loading it needs sbmoe installed and
+`SentenceTransformer(folder, trust_remote_code=True)`; a model without the MoE block exports as a plain
+folder that needs neither.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sbmoe.errors import SbmoeError
+from sbmoe.io import check_new_folder, staged_folder
+from sbmoe.modeling.model import SBMoEModel
+from sbmoe.modeling.moe import SBMoEBlock, parse_mode, routing_keys
+
+logger = logging.getLogger(__name__)
+
+try:  # sentence-transformers >= 6
+    from sentence_transformers.base.modules.module import Module
+except ImportError:  # sentence-transformers 5
+    from sentence_transformers.models import Module
+
+
+class SBMoEHead(Module):
+    """The SB-MoE block over `features["sentence_embedding"]`, routing with a fixed inference mode.
+
+    Adds `features["selected_experts"]` [B, K]. The "random" mode derives each text's expert from its
+    token ids, exactly as `SBMoEModel` does.
+    """
+
+    config_keys = [
+        "hidden_size",
+        "num_experts",
+        "expert_hidden_size",
+        "gate_hidden_size",
+        "expert_activation",
+        "variant",
+        "random_gate",
+        "random_gate_seed",
+        "mode",
+    ]
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_experts: int,
+        expert_hidden_size: int,
+        gate_hidden_size: int,
+        expert_activation: str = "relu",
+        variant: str = "faithful",
+        random_gate: bool = False,
+        random_gate_seed: int = 0,
+        mode: str = "top1",
+    ):
+        super().__init__()
+        parse_mode(mode, num_experts)
+        self.hidden_size = hidden_size
+        self.num_experts = num_experts
+        self.expert_hidden_size = expert_hidden_size
+        self.gate_hidden_size = gate_hidden_size
+        self.expert_activation = expert_activation
+        self.variant = variant
+        self.random_gate = random_gate
+        self.random_gate_seed = random_gate_seed
+        self.mode = mode
+        self.block = SBMoEBlock(
+            hidden_size,
+            num_experts,
+            expert_hidden_size,
+            gate_hidden_size,
+            expert_activation,
+            variant,
+            random_gate,
+            random_gate_seed,
+        )
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        keys = (
+            routing_keys(features["input_ids"], features["attention_mask"]) if self.mode == "random" else None
+        )
+        out, routing = self.block(features["sentence_embedding"], self.mode, keys)
+        features["sentence_embedding"] = out
+        features["selected_experts"] = routing.selected_experts
+        return features
+
+    def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
+        self.save_config(output_path)
+        self.save_torch_weights(output_path, safe_serialization=safe_serialization)
+
+    @classmethod
+    def load(cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any) -> SBMoEHead:
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("token", "cache_folder", "revision", "local_files_only")
+            if key in kwargs
+        }
+        config = cls.load_config(model_name_or_path, subfolder=subfolder, **hub_kwargs)
+        head = cls(**{key: config[key] for key in cls.config_keys if key in config})
+        return cls.load_torch_weights(model_name_or_path, subfolder=subfolder, model=head, **hub_kwargs)
+
+    @classmethod
+    def from_model(cls, model: SBMoEModel, mode: str | None = None) -> SBMoEHead:
+        config = model.config
+        expert_hidden_size, gate_hidden_size = config.moe_block_sizes()
+        head = cls(
+            hidden_size=config.hidden_size,
+            num_experts=config.num_experts,
+            expert_hidden_size=expert_hidden_size,
+            gate_hidden_size=gate_hidden_size,
+            expert_activation=config.expert_activation,
+            variant=config.variant,
+            random_gate=config.random_gate,
+            random_gate_seed=config.random_gate_seed,
+            mode=mode or config.default_mode,
+        )
+        head.block.load_state_dict(model.moe.state_dict())
+        return head
+
+
+def export_sentence_transformers(
+    model: SBMoEModel, tokenizer: Any, output: str | Path, mode: str | None = None
+) -> Path:
+    """Write `model` as a sentence-transformers folder at `output` (which must not exist or be empty).
+
+    mode: the routing the exported model uses (default: the model's default_mode).
+    """
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+    except ImportError:
+        from sentence_transformers.models import Normalize, Pooling, Transformer
+
+    output = check_new_folder(output)
+    if model.moe is None and mode is not None:
+        raise SbmoeError("--mode: this model has no MoE block, so it has no routing modes")
+    if model.moe is not None:
+        try:
+            parse_mode(mode or model.config.default_mode, model.config.num_experts)
+        except ValueError as error:
+            raise SbmoeError(str(error)) from error
+    config = model.config
+    if config.query_max_length != config.document_max_length:
+        logger.warning(
+            "sentence-transformers has one max length: using document_max_length=%d for queries too (was %d)",
+            config.document_max_length,
+            config.query_max_length,
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".sbmoe-encoder.", dir=output.parent) as encoder_dir:
+        model.encoder.save_pretrained(encoder_dir)
+        tokenizer.save_pretrained(encoder_dir)
+        modules: list[torch.nn.Module] = [
+            Transformer(encoder_dir, max_seq_length=config.document_max_length),
+            Pooling(config.hidden_size, pooling_mode=config.pooling),
+        ]
+        if model.moe is not None:
+            modules.append(SBMoEHead.from_model(model, mode))
+        if config.normalize:
+            modules.append(Normalize())
+        st_model = SentenceTransformer(modules=modules, device="cpu")
+        with staged_folder(output) as staging:
+            st_model.save(str(staging))
+    return output
