@@ -90,19 +90,19 @@ class SBMoEModel(PreTrainedModel):
         pooled: torch.Tensor,
         mode: str | None = None,
         keys: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> SBMoEOutput:
         """Pooled vectors [B, H] -> the embeddings that are scored by dot product [B, H].
 
         mode: inference routing (top1, topk:K, all, random; default `config.default_mode`); ignored in
         training mode, where routing is noisy top-1 (or random for the RANDOM-GATE ablation).
         keys [B]: per-text routing keys (`routing_keys`), needed by the "random" mode.
-        generator: the random source of training-time routing.
+        noise [B, N]: standard normal draws for training-time routing, one row per text.
         """
         if self.moe is None:
             embeddings = F.normalize(pooled, dim=-1) if self.config.normalize else pooled
             return SBMoEOutput(embeddings=embeddings, pooled=pooled)
-        out, routing = self.moe(pooled, mode or self.config.default_mode, keys, generator)
+        out, routing = self.moe(pooled, mode or self.config.default_mode, keys, noise)
         embeddings = F.normalize(out, dim=-1) if self.config.normalize else out
         return SBMoEOutput(
             embeddings=embeddings,
@@ -120,9 +120,9 @@ class SBMoEModel(PreTrainedModel):
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor | None = None,
         mode: str | None = None,
-        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> SBMoEOutput:
         """Token ids [B, T] -> embeddings [B, H] and routing. See `head` for the arguments."""
         pooled = self.pool(input_ids, attention_mask, token_type_ids)
         keys = routing_keys(input_ids, attention_mask) if self.moe is not None else None
-        return self.head(pooled, mode, keys, generator)
+        return self.head(pooled, mode, keys, noise)

@@ -18,9 +18,16 @@ Two ways to combine the experts (`variant`):
     learned   out = x + sum_i g_i E_i(x) / max(||E_i(x)||, 1e-6)
 
 Under top-1 routing the faithful output does not depend on g_k: normalising m = g_k E_k(x) cancels it,
-so the gate gets no gradient and never learns (up to float rounding). The learned variant scales each
-normalised expert output by its gate value, so the gate is trained by the retrieval loss. The faithful
-noise network is frozen (the authors left it out of the optimiser); the learned one is trained.
+so the gate's exact gradient is zero and it never learns. Autograd would leave a float32 rounding residue
+(~1e-8) that Adam's per-parameter normalisation turns into a random walk of ~0.1 lr per step, noise
+rather than learning; the faithful variant therefore detaches g_k when one expert is selected, making the
+zero exact without changing any output. The learned variant scales each normalised expert output by its
+gate value, so the gate is trained by the retrieval loss. The faithful noise network is frozen (the
+authors left it out of the optimiser); the learned one is trained.
+
+Training-time randomness comes in as `noise` [B, N] ~ N(0, 1), one row per text: the eps of noisy
+gating, and for RANDOM-GATE the expert argmax(noise) (uniform over N). Drawing it per text, outside the
+block, makes a run independent of how a batch is split across processes.
 
 A Switch-style load-balancing term, N * sum_i f_i P_i (f_i: share of inputs whose top choice is i,
 P_i: mean routing probability of i), is returned for every forward; the model weights it by
@@ -145,17 +152,19 @@ class SBMoEBlock(nn.Module):
         x: torch.Tensor,
         mode: str = "top1",
         keys: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, RoutingOutput]:
         """x [B, H] -> (out [B, H], routing).
 
-        In training mode routing is noisy top-1 (or a random expert per sample, drawn from `generator`,
-        for the RANDOM-GATE ablation) whatever `mode` says. In eval mode `mode` chooses; "random" needs
-        `keys` from `routing_keys`.
+        In training mode routing is noisy top-1 (or RANDOM-GATE's random expert) whatever `mode` says,
+        driven by `noise` [B, N] ~ N(0, 1) (drawn from the global generator when None). In eval mode
+        `mode` chooses; "random" needs `keys` from `routing_keys`.
         """
         logits = self.gate(x.float())  # [B, N]; routing in float32
         if self.training:
-            weights, selected = self._route_training(x, logits, generator)
+            if noise is None:
+                noise = torch.randn(logits.shape, device=logits.device)
+            weights, selected = self._route_training(x, logits, noise.to(logits.device, torch.float32))
         else:
             weights, selected = self._route_inference(logits, mode, keys)
         out = x + self._combine(x, weights, selected).to(x.dtype)
@@ -169,16 +178,13 @@ class SBMoEBlock(nn.Module):
         return out, routing
 
     def _route_training(
-        self, x: torch.Tensor, logits: torch.Tensor, generator: torch.Generator | None
+        self, x: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.random_gate:
-            selected = torch.randint(self.num_experts, (len(x), 1), generator=generator, device="cpu").to(
-                x.device
-            )
+            selected = noise.argmax(dim=-1, keepdim=True)  # uniform over the N experts
             return _one_hot_weights(selected, self.num_experts, x.dtype), selected
-        noise_scale = F.softplus(self.noise(x.float()))  # [B, N]
-        eps = torch.randn(logits.shape, generator=generator, device="cpu").to(logits.device)
-        probs = (logits + eps * noise_scale).softmax(dim=-1)  # p = softmax(z')
+        noise_scale = F.softplus(self.noise(x.float()))  # s, [B, N]
+        probs = (logits + noise * noise_scale).softmax(dim=-1)  # p = softmax(z + eps * s)
         return _keep_top(probs, 1)
 
     def _route_inference(
@@ -200,7 +206,10 @@ class SBMoEBlock(nn.Module):
             expert_out = self.experts[expert_index](x[rows]).float()  # [b, H]
             if self.variant == "learned":
                 expert_out = expert_out / expert_out.norm(dim=-1, keepdim=True).clamp(min=1e-6)
-            combined = combined.index_add(0, rows, weights[rows, expert_index, None] * expert_out)
+            gate_values = weights[rows, expert_index, None]  # [b, 1]
+            if self.variant == "faithful" and selected.shape[1] == 1:
+                gate_values = gate_values.detach()  # cancelled by the normalisation: exact zero gradient
+            combined = combined.index_add(0, rows, gate_values * expert_out)
         if self.variant == "faithful":
             combined = combined / combined.norm(dim=-1, keepdim=True).clamp(min=1e-6)
         return combined
