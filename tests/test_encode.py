@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 
 from sbmoe.modeling import load_model
-from sbmoe.retrieval.encode import EmbeddingCache, encode_corpus
+from sbmoe.retrieval.encode import EmbeddingCache, encode_cached
 
 IDS = ["a", "b", "c"]
 TEXTS = ["gene protein", "cancer drug trial", "virus blood"]
@@ -12,9 +12,9 @@ TEXTS = ["gene protein", "cancer drug trial", "virus blood"]
 def test_corpus_cache_hit_returns_the_same_array(tiny_encoder, tmp_path):
     model, tokenizer = load_model(tiny_encoder)
     cache = EmbeddingCache(tmp_path / "cache")
-    first, hit = encode_corpus(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
+    first, hit = encode_cached(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
     assert hit is False
-    second, hit = encode_corpus(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
+    second, hit = encode_cached(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
     assert hit is True
     np.testing.assert_array_equal(first, second)
 
@@ -37,10 +37,10 @@ def test_cache_key_covers_texts_weights_and_max_length(tiny_encoder, tmp_path):
 def test_a_broken_cache_entry_is_ignored_and_rewritten(tiny_encoder, tmp_path):
     model, tokenizer = load_model(tiny_encoder)
     cache = EmbeddingCache(tmp_path)
-    expected, _ = encode_corpus(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
+    expected, _ = encode_cached(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
     folder = cache.folder(cache.key(model, "document", IDS, TEXTS))
     (folder / "embeddings.npy").write_bytes(b"not an array")
-    again, hit = encode_corpus(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
+    again, hit = encode_cached(model, tokenizer, IDS, TEXTS, cache=cache, progress=False)
     assert hit is False
     np.testing.assert_allclose(again, expected, atol=1e-6)
     assert np.load(folder / "embeddings.npy", allow_pickle=False).shape == (3, 32)

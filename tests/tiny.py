@@ -43,7 +43,7 @@ def make_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab=vocab, do_lower_case=True)
 
 
-def make_tiny_encoder(folder: Path, seed: int = 0) -> Path:
+def make_tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
     """A random 2-layer BERT (hidden 32) with its tokenizer, saved as a Hugging Face folder."""
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
@@ -54,6 +54,8 @@ def make_tiny_encoder(folder: Path, seed: int = 0) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -80,4 +82,31 @@ def make_tiny_beir(folder: Path, gzip_corpus: bool = False) -> Path:
         (folder / "qrels" / f"{split}.tsv").write_text(
             "query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n"
         )
+    return folder
+
+
+def make_synthetic_beir(folder: Path, num_queries: int = 40, seed: int = 0) -> Path:
+    """A BEIR folder of random word strings: query i shares words with document i (its positive).
+
+    Splits: train (all queries but the last 8) and test (the last 8). Documents outnumber queries 2:1.
+    """
+    import random
+
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    docs = {f"d{i}": " ".join(rng.choices(WORDS, k=8)) for i in range(2 * num_queries)}
+    queries = {f"q{i}": " ".join(docs[f"d{i}"].split()[:3]) for i in range(num_queries)}
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in docs.items()),
+        encoding="utf-8",
+    )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "text": t}) + "\n" for i, t in queries.items()), encoding="utf-8"
+    )
+    (folder / "qrels").mkdir(exist_ok=True)
+    header = "query-id\tcorpus-id\tscore\n"
+    ids = list(queries)
+    for split, chosen in (("train", ids[:-8]), ("test", ids[-8:])):
+        rows = "".join(f"{q}\td{q[1:]}\t1\n" for q in chosen)
+        (folder / "qrels" / f"{split}.tsv").write_text(header + rows, encoding="utf-8")
     return folder

@@ -178,6 +178,76 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="fine-tune a retriever (plain, SB-MoE, adapter or random gate) on a collection's training split",
+        description="Settings come from --config (YAML or JSON), then from the flags given here. "
+        "--preset paper applies the authors' recipe first.",
+    )
+    parser.add_argument("--config", help="YAML or JSON file of training settings (unknown keys are an error)")
+    parser.add_argument("--base", help="base encoder: folder, hub id, or minilm-l6")
+    parser.add_argument("--dataset", help="collection name (under --data-dir) or folder")
+    parser.add_argument("--output-dir", help="new folder for the model, log and checkpoints")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint"
+    )
+    parser.add_argument("--preset", choices=["paper"], help="the authors' recipe (batch 64, last epoch, ...)")
+    parser.add_argument("--variant", choices=["finetune", "sbmoe", "adapter", "random-gate"])
+    parser.add_argument("--moe", choices=["faithful", "learned"], help="SB-MoE variant (default learned)")
+    parser.add_argument("--num-experts", type=int)
+    parser.add_argument("--router-aux-loss-coef", type=float, help="Switch load-balancing weight")
+    parser.add_argument("--train-split")
+    parser.add_argument("--validation-split", help="default: dev if the collection has one, else held out")
+    parser.add_argument("--validation-share", type=float, help="share of training queries held out (0.05)")
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--symmetric", action="store_true", default=None, help="add the document->query term")
+    parser.add_argument("--hard-negatives", help="bm25, or a TREC run file to take negatives from")
+    parser.add_argument("--num-hard-negatives", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--encoder-lr", type=float)
+    parser.add_argument("--moe-lr", type=float)
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--schedule", choices=["constant", "linear", "cosine"])
+    parser.add_argument("--warmup-ratio", type=float)
+    parser.add_argument("--max-grad-norm", type=float)
+    parser.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    parser.add_argument(
+        "--freeze-encoder", action="store_true", default=None,
+        help="train only the block on cached pooled vectors (fast on a CPU)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--selection", choices=["best", "last"], help="model kept: best validation nDCG@10 or last"
+    )
+    parser.add_argument("--early-stopping-patience", type=int)
+    parser.add_argument("--checkpoint-every-steps", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--tensorboard", action="store_true", default=None)
+    parser.add_argument("--trust-remote-code", action="store_true", default=None)
+    _add_encoder_overrides(parser)
+    _add_common(parser)
+    parser.set_defaults(handler=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from sbmoe.training.config import FIELD_NAMES, read_config_file, resolve_config
+    from sbmoe.training.trainer import train
+
+    file_settings = read_config_file(args.config) if args.config else {}
+    cli_settings = {key: value for key, value in vars(args).items() if key in FIELD_NAMES}
+    cli_settings["progress"] = False if args.no_progress else None
+    config = resolve_config(file_settings, cli_settings)
+    summary = train(config, resume=args.resume)
+    best = summary["best_validation_ndcg@10"]
+    print(
+        f"trained {summary['epochs_run']} epoch(s); best validation nDCG@10 "
+        f"{'n/a' if best is None else f'{best:.4f}'} at epoch {summary['best_epoch']} "
+        f"(kept: {summary['selection']}); model in {summary['output_dir']}"
+    )
+    return 0
+
+
 def _add_data(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("data", help="list and validate BEIR collections")
     actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate}")
@@ -237,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init(commands)
+    _add_train(commands)
     _add_evaluate(commands)
     _add_export(commands)
     _add_data(commands)

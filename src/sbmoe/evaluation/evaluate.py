@@ -26,7 +26,7 @@ from sbmoe.retrieval.encode import (
     EmbeddingCache,
     apply_head,
     default_device,
-    encode_corpus,
+    encode_cached,
     encode_pooled,
     text_routing_keys,
 )
@@ -107,7 +107,7 @@ def evaluate(settings: EvaluateSettings) -> list[dict[str, Any]]:
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
     document_texts = corpus.document_texts()
     tick = time.perf_counter()
-    pooled_docs, from_cache = encode_corpus(
+    pooled_docs, from_cache = encode_cached(
         model,
         tokenizer,
         corpus.ids,

@@ -198,32 +198,38 @@ class EmbeddingCache:
         return folder
 
 
-def encode_corpus(
+def encode_cached(
     model: SBMoEModel,
     tokenizer: PreTrainedTokenizerBase,
     ids: Sequence[str],
     texts: Sequence[str],
+    kind: str = "document",
     *,
     cache: EmbeddingCache | None = None,
     batch_size: int = 32,
     device: torch.device | None = None,
     progress: bool = True,
 ) -> tuple[np.ndarray, bool]:
-    """Pooled document vectors [N, H] for a corpus, from the cache when possible.
+    """Pooled vectors [N, H] of `texts` ("query" or "document"), from the cache when possible.
 
     Returns the array and whether it came from the cache.
     """
-    key = cache.key(model, "document", ids, texts) if cache is not None else None
+    key = cache.key(model, kind, ids, texts) if cache is not None else None
     if cache is not None:
         cached = cache.load(key, ids)
         if cached is not None:
-            logger.info("Reusing cached corpus embeddings %s (%d x %d)", cache.folder(key), *cached.shape)
+            logger.info("Reusing cached %s embeddings %s (%d x %d)", kind, cache.folder(key), *cached.shape)
             return cached, True
     pooled = encode_pooled(
-        model, tokenizer, texts, "document", batch_size=batch_size, device=device, progress=progress
+        model, tokenizer, texts, kind, batch_size=batch_size, device=device, progress=progress
     )
     if cache is not None:
-        meta = {"num_documents": len(ids), "hidden_size": pooled.shape[1], "model": model.config.name_or_path}
+        meta = {
+            "kind": kind,
+            "count": len(ids),
+            "hidden_size": pooled.shape[1],
+            "model": model.config.name_or_path,
+        }
         folder = cache.save(key, ids, pooled, meta)
-        logger.info("Cached corpus embeddings in %s", folder)
+        logger.info("Cached %s embeddings in %s", kind, folder)
     return pooled, False

@@ -1,0 +1,1 @@
+"""Training: hard negatives, losses, and the training loop."""

@@ -1,0 +1,211 @@
+"""`TrainingConfig`: every setting of `sbmoe train`, its presets, and loading from YAML/JSON files."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sbmoe.errors import SbmoeError
+from sbmoe.modeling.moe import ACTIVATIONS, VARIANTS
+
+TRAINING_VARIANTS = ("finetune", "sbmoe", "adapter", "random-gate")
+SCHEDULES = ("constant", "linear", "cosine")
+SELECTIONS = ("best", "last")
+
+# The authors' recipe per base encoder (SBMOE.md): temperature and epochs. Other bases get the
+# TinyBERT/BERT row (temperature 1, 20 epochs) with a warning.
+PAPER_BASES = {
+    "huawei-noah/TinyBERT_General_4L_312D": {"temperature": 1.0, "epochs": 30},
+    "google/bert_uncased_L-4_H-512_A-8": {"temperature": 1.0, "epochs": 20},
+    "google-bert/bert-base-uncased": {"temperature": 1.0, "epochs": 20},
+    "bert-base-uncased": {"temperature": 1.0, "epochs": 20},
+    "facebook/contriever": {"temperature": 0.05, "epochs": 20},
+}
+PAPER_PRESET: dict[str, Any] = {
+    "batch_size": 64,
+    "encoder_lr": 1e-6,
+    "moe_lr": 1e-4,
+    "weight_decay": 0.01,
+    "schedule": "constant",
+    "warmup_ratio": 0.0,
+    "max_grad_norm": None,
+    "selection": "last",
+    "early_stopping_patience": None,
+    "validation_share": 0.05,
+    "mask_duplicate_positives": False,
+    "symmetric": False,
+    "normalize": False,
+    "pooling": "mean",
+    "query_max_length": 512,
+    "document_max_length": 512,
+    "seed": 42,
+    "moe": "faithful",
+}
+
+
+@dataclass
+class TrainingConfig:
+    """What `sbmoe train` does. Fields left as None take the base encoder's own setting or a default."""
+
+    base: str
+    dataset: str
+    output_dir: str
+    data_dir: str | None = None
+    train_split: str = "train"
+    validation_split: str | None = None  # None: the collection's "dev" split if any, else validation_share
+    validation_share: float = 0.05  # of training queries held out when there is no validation split
+    validation_documents: int | None = None  # distractors besides the positives; None: all (frozen) or 1000
+    # model
+    variant: str = "sbmoe"
+    moe: str = "learned"
+    num_experts: int = 6
+    expert_hidden_size: int | None = None
+    gate_hidden_size: int | None = None
+    expert_activation: str = "relu"
+    router_aux_loss_coef: float = 0.0
+    pooling: str | None = None
+    normalize: bool | None = None
+    query_max_length: int | None = None
+    document_max_length: int | None = None
+    # loss
+    temperature: float = 0.05
+    symmetric: bool = False
+    mask_duplicate_positives: bool = True
+    hard_negatives: str | None = None  # "bm25" or a TREC run file
+    num_hard_negatives: int = 1
+    hard_negative_depth: int = 100
+    # optimisation
+    batch_size: int = 32
+    epochs: int = 10
+    encoder_lr: float = 1e-6
+    moe_lr: float = 1e-4
+    weight_decay: float = 0.01
+    schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    bf16: bool = False
+    freeze_encoder: bool = False
+    # selection, checkpoints, logging
+    selection: str = "best"
+    early_stopping_patience: int | None = 3
+    checkpoint_every_steps: int | None = None
+    seed: int = 42
+    encode_batch_size: int = 64
+    progress: bool = True
+    tensorboard: bool = False
+    preset: str | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        _check_choice("variant", self.variant, TRAINING_VARIANTS)
+        _check_choice("moe", self.moe, VARIANTS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("selection", self.selection, SELECTIONS)
+        _check_choice("expert_activation", self.expert_activation, tuple(ACTIVATIONS))
+        if self.preset is not None:
+            _check_choice("preset", self.preset, ("paper",))
+        for name in ("batch_size", "epochs", "num_experts", "encode_batch_size", "hard_negative_depth"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        for name in ("checkpoint_every_steps", "early_stopping_patience", "validation_documents"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or value < (0 if name == "validation_documents" else 1)
+            ):
+                raise ValueError(f"{name} must be a positive integer or null, got {value!r}")
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2: in-batch negatives need another query")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
+        for name in ("encoder_lr", "moe_lr", "weight_decay", "router_aux_loss_coef"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+        if not 0 < self.validation_share < 1:
+            raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share!r}")
+        if self.num_hard_negatives < 0:
+            raise ValueError(f"num_hard_negatives must be >= 0, got {self.num_hard_negatives!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
+        if self.freeze_encoder and self.variant == "finetune":
+            raise ValueError(
+                "freeze_encoder with variant finetune leaves nothing to train; use adapter or sbmoe"
+            )
+
+    @property
+    def uses_moe(self) -> bool:
+        return self.variant != "finetune"
+
+    def model_settings(self) -> dict[str, Any]:
+        """The SBMoEConfig fields this training run asks for."""
+        return {
+            "num_experts": 1 if self.variant == "adapter" else self.num_experts,
+            "variant": self.moe,
+            "expert_hidden_size": self.expert_hidden_size,
+            "gate_hidden_size": self.gate_hidden_size,
+            "expert_activation": self.expert_activation,
+            "random_gate": self.variant == "random-gate",
+            "router_aux_loss_coef": self.router_aux_loss_coef,
+        }
+
+    def encoder_settings(self) -> dict[str, Any]:
+        return {
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "query_max_length": self.query_max_length,
+            "document_max_length": self.document_max_length,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+FIELD_NAMES = {field.name for field in fields(TrainingConfig)}
+# Settings that may differ between a run and its resumption.
+RESUMABLE_FIELDS = {"progress", "tensorboard", "epochs", "early_stopping_patience", "data_dir", "output_dir"}
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON mapping of TrainingConfig fields. Unknown keys are an error naming the file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except FileNotFoundError as error:
+        raise SbmoeError(f"{path}: file not found") from error
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SbmoeError(f"{path}: cannot parse ({error})") from error
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SbmoeError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    unknown = sorted(set(data) - FIELD_NAMES)
+    if unknown:
+        raise SbmoeError(f"{path}: unknown setting(s) {unknown}; known settings: {sorted(FIELD_NAMES)}")
+    return data
+
+
+def resolve_config(file_settings: dict[str, Any], cli_settings: dict[str, Any]) -> TrainingConfig:
+    """Preset, then the config file, then explicit command-line flags (None means not given)."""
+    merged = {**file_settings, **{key: value for key, value in cli_settings.items() if value is not None}}
+    preset = merged.get("preset")
+    if preset == "paper":
+        base_row = PAPER_BASES.get(str(merged.get("base")), {"temperature": 1.0, "epochs": 20})
+        explicit = set(merged)
+        merged = {**PAPER_PRESET, **base_row, **{key: merged[key] for key in explicit}}
+    try:
+        return TrainingConfig(**merged)
+    except TypeError as error:  # a required field missing
+        raise SbmoeError(f"training settings: {error}") from error
+    except ValueError as error:
+        raise SbmoeError(str(error)) from error

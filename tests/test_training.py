@@ -1,0 +1,299 @@
+"""`sbmoe train`: the gate in each variant, resume after SIGKILL, one vs two processes, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tiny import make_synthetic_beir, make_tiny_encoder
+
+from sbmoe.cli import main
+from sbmoe.modeling import load_model
+from sbmoe.training.config import TrainingConfig
+from sbmoe.training.data import Example, epoch_batches
+from sbmoe.training.trainer import train
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return make_synthetic_beir(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def encoder_without_dropout(tmp_path_factory) -> Path:
+    return make_tiny_encoder(tmp_path_factory.mktemp("models") / "tiny-no-dropout", dropout=0.0)
+
+
+def config_for(base, dataset, output, **overrides) -> TrainingConfig:
+    settings = {
+        "base": str(base),
+        "dataset": str(dataset),
+        "output_dir": str(output),
+        "batch_size": 4,
+        "epochs": 2,
+        "num_experts": 3,
+        "progress": False,
+        "early_stopping_patience": None,
+        "moe_lr": 1e-2,
+        "encoder_lr": 1e-3,
+    }
+    settings.update(overrides)
+    return TrainingConfig(**settings)
+
+
+def logged_steps(folder: Path) -> list[int]:
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    return [record["global_step"] for record in log if record["type"] == "step"]
+
+
+def block_state(folder: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in load_file(folder / "model.safetensors").items() if k.startswith("moe.")}
+
+
+def test_faithful_gate_moves_only_by_weight_decay(tiny_encoder, synthetic, tmp_path):
+    config = config_for(
+        tiny_encoder,
+        synthetic,
+        tmp_path / "run",
+        moe="faithful",
+        freeze_encoder=True,
+        selection="last",
+        weight_decay=0.05,
+    )
+    train(config)
+    from sbmoe.modeling import build_model
+
+    initial, _ = build_model(tiny_encoder, num_experts=3, variant="faithful", seed=config.seed)
+    final = block_state(tmp_path / "run")
+    steps = len(logged_steps(tmp_path / "run"))
+    assert steps == 16  # 30 training queries (2 held out) in batches of 4 -> 8 steps, 2 epochs
+    decay = (1 - config.moe_lr * config.weight_decay) ** steps  # AdamW's decoupled decay, nothing else
+    for name, value in initial.moe.gate.state_dict().items():
+        torch.testing.assert_close(final[f"moe.gate.{name}"], value * decay, atol=1e-7, rtol=1e-6)
+    moved = (final["moe.experts.0.up.weight"] - initial.moe.experts[0].up.weight).abs().max()
+    assert moved > 1e-3  # the experts did train
+    for name, value in initial.moe.noise.state_dict().items():  # the noise network is frozen: untouched
+        assert torch.equal(final[f"moe.noise.{name}"], value)
+
+
+def test_learned_gate_changes_routing(tiny_encoder, synthetic, tmp_path):
+    config = config_for(
+        tiny_encoder,
+        synthetic,
+        tmp_path / "run",
+        moe="learned",
+        freeze_encoder=True,
+        selection="last",
+        epochs=4,
+    )
+    train(config)
+    from sbmoe.modeling import build_model
+
+    initial, _ = build_model(tiny_encoder, num_experts=3, variant="learned", seed=config.seed)
+    trained, _ = load_model(tmp_path / "run")
+    probe = torch.randn(200, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = initial.moe.gate(probe).softmax(-1)
+        after = trained.moe.gate(probe).softmax(-1)
+    assert (after - before).abs().max() > 0.05  # the gate's probabilities moved
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in log if r["type"] == "step"]
+    assert len({tuple(r["expert_share"]) for r in steps}) > 1 and all("routing_entropy" in r for r in steps)
+
+
+def test_batches_are_a_function_of_seed_and_epoch():
+    examples = [Example(f"q{i}", (f"d{i}", f"e{i}")) for i in range(10)]
+    first = epoch_batches(examples, 4, seed=1, epoch=3)
+    assert first == epoch_batches(examples, 4, seed=1, epoch=3)
+    assert first != epoch_batches(examples, 4, seed=1, epoch=4)
+    assert [len(b.query_ids) for b in first] == [4, 4, 2]
+    assert [len(b.query_ids) for b in epoch_batches(examples, 3, seed=1, epoch=3, world_size=2)] == [2, 2, 2]
+    for batch in first:
+        for query, doc, positives in zip(batch.query_ids, batch.doc_ids, batch.positives_of, strict=True):
+            assert doc in positives and doc[1:] == query[1:]
+
+
+def run_cli(args: list[str], env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": SRC, **(env_extra or {})}
+    return subprocess.Popen(
+        [sys.executable, "-m", "sbmoe", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
+
+
+def train_args(base, dataset, output, *extra) -> list[str]:
+    return [
+        "train",
+        "--base",
+        str(base),
+        "--dataset",
+        str(dataset),
+        "--output-dir",
+        str(output),
+        "--batch-size",
+        "4",
+        "--num-experts",
+        "3",
+        "--no-progress",
+        "--selection",
+        "last",
+        "--encoder-lr",
+        "1e-3",
+        *extra,
+    ]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_encoder, synthetic, tmp_path):
+    """Full fine-tuning with dropout: batches, routing noise and dropout RNG must all resume exactly."""
+    args = ["--epochs", "6", "--checkpoint-every-steps", "1"]
+    reference = run_cli(train_args(tiny_encoder, synthetic, tmp_path / "ref", *args))
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+
+    victim = run_cli(train_args(tiny_encoder, synthetic, tmp_path / "run", *args))
+    checkpoints = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(
+        int(p.name.split("-")[1]) >= 9 for p in checkpoints.glob("step-*") if p.name.startswith("step-")
+    ):
+        time.sleep(0.005)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert victim.returncode == -signal.SIGKILL
+    assert not (tmp_path / "run" / "training_summary.json").exists(), "the run finished before it was killed"
+    total_steps = len(logged_steps(tmp_path / "ref"))
+    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
+    assert killed_at < total_steps and killed_at % 8  # mid-run and mid-epoch (8 steps an epoch)
+
+    resumed = run_cli(train_args(tiny_encoder, synthetic, tmp_path / "run", *args, "--resume"))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    expected, actual = (
+        load_file(tmp_path / "ref" / "model.safetensors"),
+        load_file(tmp_path / "run" / "model.safetensors"),
+    )
+    assert expected.keys() == actual.keys()
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), name
+    assert logged_steps(tmp_path / "run") == list(range(1, total_steps + 1))  # each step logged once
+
+
+def test_two_gloo_processes_match_one_process(encoder_without_dropout, synthetic, tmp_path):
+    """A global batch split over two processes gives the same model (dropout off: it is per process)."""
+    args = ["--epochs", "2", "--symmetric"]
+    single = run_cli(train_args(encoder_without_dropout, synthetic, tmp_path / "one", *args))
+    assert single.wait(timeout=300) == 0, single.stderr.read()
+    env = {**os.environ, "PYTHONPATH": SRC}
+    launch = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        "-m",
+        "sbmoe",
+        *train_args(encoder_without_dropout, synthetic, tmp_path / "two", *args),
+    ]
+    double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = (
+        load_file(tmp_path / "one" / "model.safetensors"),
+        load_file(tmp_path / "two" / "model.safetensors"),
+    )
+    worst = max((one[name] - two[name]).abs().max().item() for name in one)
+    assert worst < 1e-5  # float summation order differs; the stated tolerance
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--train-split", "dev"], "has no split 'dev'"),
+        (["--batch-size", "64"], "batch_size 64 is larger than the"),
+        (["--variant", "finetune", "--freeze-encoder"], "leaves nothing to train"),
+        (["--temperature", "0"], "temperature must be > 0"),
+    ],
+)
+def test_bad_training_input_exits_2_before_writing(tiny_encoder, synthetic, tmp_path, capsys, extra, message):
+    output = tmp_path / "out"
+    assert main(train_args(tiny_encoder, synthetic, output, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert not output.exists()
+
+
+def test_split_without_positives_is_refused(tiny_encoder, synthetic, tmp_path, capsys):
+    (synthetic / "qrels" / "zero.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t0\n")
+    try:
+        assert main(train_args(tiny_encoder, synthetic, tmp_path / "o", "--train-split", "zero")) == 2
+    finally:
+        (synthetic / "qrels" / "zero.tsv").unlink()
+    assert "no query with a relevant document" in capsys.readouterr().err
+
+
+def test_existing_output_and_mismatched_resume_are_refused(tiny_encoder, synthetic, tmp_path, capsys):
+    output = tmp_path / "out"
+    output.mkdir()
+    (output / "notes.txt").write_text("mine")
+    assert main(train_args(tiny_encoder, synthetic, output)) == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    assert (output / "notes.txt").read_text() == "mine"
+
+    run = tmp_path / "run"
+    assert main(train_args(tiny_encoder, synthetic, run, "--epochs", "1", "--freeze-encoder")) == 0
+    weights = (run / "model.safetensors").read_bytes()
+    assert (
+        main(
+            train_args(
+                tiny_encoder,
+                synthetic,
+                run,
+                "--epochs",
+                "1",
+                "--freeze-encoder",
+                "--num-experts",
+                "2",
+                "--resume",
+            )
+        )
+        == 2
+    )
+    assert "different configuration (num_experts: 3 -> 2)" in capsys.readouterr().err
+    assert (run / "model.safetensors").read_bytes() == weights
+
+
+def test_config_file_unknown_key_is_refused(tiny_encoder, synthetic, tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(f"base: {tiny_encoder}\ndataset: {synthetic}\nbatch_sise: 8\n")
+    assert main(["train", "--config", str(config), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "train.yaml" in err and "batch_sise" in err
+
+
+def test_paper_preset_sets_the_authors_recipe_and_flags_override_it(tmp_path):
+    from sbmoe.training.config import resolve_config
+
+    config = resolve_config(
+        {
+            "preset": "paper",
+            "base": "huawei-noah/TinyBERT_General_4L_312D",
+            "dataset": "d",
+            "output_dir": "o",
+        },
+        {"batch_size": 16},
+    )
+    assert (config.temperature, config.epochs, config.selection, config.moe) == (1.0, 30, "last", "faithful")
+    assert (config.mask_duplicate_positives, config.normalize, config.batch_size) == (False, False, 16)
