@@ -554,10 +554,11 @@ class _Log:
             **{f"loss/{name}": value for name, value in parts.items()},
             **{f"lr/{group['name']}": group["lr"] for group in optimizer.param_groups},
             "pairs_per_second": round(pairs_per_second, 2),
+            "time": round(time.time(), 3),
         }
         if routing:
             counts = routing["counts"]
-            record["expert_share"] = (counts / counts.sum()).round(decimals=4).tolist()
+            record["expert_share"] = [round(share, 4) for share in (counts / counts.sum()).tolist()]
             record["routing_entropy"] = round(float(routing["entropy"]), 4)
         self._write(record)
         if self.writer is not None:

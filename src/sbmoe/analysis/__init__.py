@@ -1,0 +1,1 @@
+"""What the experts do: routing statistics and plots."""
