@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 quickstart: $(STAMP)
-	$(BIN)/sbmoe evaluate --model minilm-l6 --dataset scifact --split test
+	$(BIN)/sbmoe quickstart --output-dir runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -121,6 +121,18 @@ def test_batches_are_a_function_of_seed_and_epoch():
     for batch in first:
         for query, doc, positives in zip(batch.query_ids, batch.doc_ids, batch.positives_of, strict=True):
             assert doc in positives and doc[1:] == query[1:]
+    negatives = {f"q{i}": [f"n{i}a", f"n{i}b", f"n{i}c"] for i in range(9)} | {"q9": []}  # q9: topped up
+    corpus = [f"x{i}" for i in range(50)]
+    with_negatives = epoch_batches(
+        examples, 4, 1, 0, negatives=negatives, num_negatives=2, all_doc_ids=corpus
+    )
+    for batch in with_negatives:
+        size = len(batch.query_ids)
+        assert len(batch.doc_ids) == size + 2 * size  # positives, then 2 negatives per query in query order
+        for i, query in enumerate(batch.query_ids):
+            drawn = batch.doc_ids[size + 2 * i : size + 2 * i + 2]
+            pool = negatives[query] or corpus
+            assert len(set(drawn)) == 2 and set(drawn) <= set(pool), (query, drawn)
 
 
 def run_cli(args: list[str], env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
@@ -297,3 +309,26 @@ def test_paper_preset_sets_the_authors_recipe_and_flags_override_it(tmp_path):
     )
     assert (config.temperature, config.epochs, config.selection, config.moe) == (1.0, 30, "last", "faithful")
     assert (config.mask_duplicate_positives, config.normalize, config.batch_size) == (False, False, 16)
+
+
+@pytest.mark.parametrize("source", ["bm25", "run"])
+def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source):
+    hard = "bm25"
+    if source == "run":  # a TREC run whose top hit for every query is document d0 (or d1 for q0)
+        lines = [f"q{i} Q0 d{0 if i else 1} 1 9.0 bm25\nq{i} Q0 d{i} 2 8.0 bm25" for i in range(32)]
+        (tmp_path / "run.trec").write_text("\n".join(lines) + "\n")
+        hard = str(tmp_path / "run.trec")
+    output = tmp_path / "out"
+    assert main(train_args(tiny_encoder, synthetic, output, "--freeze-encoder", "--epochs", "1",
+                           "--hard-negatives", hard, "--num-hard-negatives", "2")) == 0  # fmt: skip
+    assert len(logged_steps(output)) == 8
+    config = json.loads((output / "training_config.json").read_text())["config"]
+    assert (config["hard_negatives"], config["num_hard_negatives"]) == (hard, 2)
+
+
+def test_random_gate_trains_and_validates_with_per_text_routing(tiny_encoder, synthetic, tmp_path):
+    config = config_for(tiny_encoder, synthetic, tmp_path / "run", variant="random-gate", freeze_encoder=True)
+    summary = train(config)
+    assert summary["best_validation_ndcg@10"] is not None
+    model, _ = load_model(tmp_path / "run")
+    assert model.config.random_gate and model.config.default_mode == "random"

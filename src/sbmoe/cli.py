@@ -248,6 +248,74 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_experiment(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("experiment", help="run (or resume) a grid of training and evaluation runs")
+    parser.add_argument("config", help="experiment YAML (see configs/)")
+    parser.add_argument("--output-dir", required=True, help="experiment folder; re-running resumes it")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="check the config and list the runs, run nothing"
+    )
+    _add_common(parser)
+    parser.set_defaults(handler=_run_experiment)
+
+
+def _run_experiment(args: argparse.Namespace) -> int:
+    from sbmoe.experiments.config import load_experiment_config
+    from sbmoe.experiments.runner import plan_runs, run_experiment
+
+    config = load_experiment_config(args.config, data_dir=args.data_dir)
+    runs = plan_runs(config)
+    if args.dry_run:
+        for run in runs:
+            print(run.run_id)
+        print(f"{len(runs)} runs; config {args.config} is valid")
+        return 0
+    lines = run_experiment(config, args.output_dir, progress=not args.no_progress)
+    print(f"{len(runs)} runs finished, {len(lines)} results in {args.output_dir}/results.jsonl")
+    print(f"tables and significance tests: sbmoe report {args.output_dir}")
+    return 0
+
+
+def _add_quickstart(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "quickstart", help="the paper's comparison on SciFact with the packaged MiniLM, in minutes on a CPU"
+    )
+    parser.add_argument("--output-dir", default="runs/quickstart", help="default: runs/quickstart")
+    parser.add_argument("--base", default="minilm-l6")
+    parser.add_argument("--dataset", default="scifact")
+    parser.add_argument("--num-experts", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--batch-size", type=int, default=32)
+    _add_common(parser)
+    parser.set_defaults(handler=_run_quickstart)
+
+
+def _run_quickstart(args: argparse.Namespace) -> int:
+    import time
+
+    from sbmoe.experiments.quickstart import run_quickstart
+
+    started = time.perf_counter()
+    result = run_quickstart(
+        args.output_dir,
+        base=args.base,
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        num_experts=args.num_experts,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    print(result["report"].markdown)
+    print(
+        "Frozen encoder: the base's pooled vectors were computed once and each system trained only its block."
+    )
+    print("Report:   " + ", ".join(str(path) for path in result["report_paths"].values()))
+    print("Analysis of SB-MoE learned: " + ", ".join(result["analysis"]["outputs"].values()))
+    print(f"Done in {time.perf_counter() - started:.0f} s.")
+    return 0
+
+
 def _add_data(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("data", help="list and validate BEIR collections")
     actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate}")
@@ -299,6 +367,8 @@ def _build(factory: Callable, **kwargs):
 
 def build_parser() -> argparse.ArgumentParser:
     from sbmoe import __version__
+    from sbmoe.analysis.analyze import add_analyze_parser
+    from sbmoe.experiments.report import add_report_parser
 
     parser = argparse.ArgumentParser(
         prog="sbmoe", description="Dense retrieval with a single-block mixture of experts."
@@ -310,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_export(commands)
+    _add_experiment(commands)
+    add_report_parser(commands)
+    add_analyze_parser(commands)
+    _add_quickstart(commands)
     _add_data(commands)
     return parser
 

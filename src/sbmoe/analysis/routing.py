@@ -1,8 +1,23 @@
-"""Statistics of routing decisions (counts of texts per expert)."""
+"""Statistics of routing decisions: expert shares, activated experts, entropy, query-document agreement.
+
+Every text is counted ONCE, by the expert its routing actually chose. (The authors' counting ran the gate
+twice, on the pooled and on the post-MoE embedding, so every text was counted twice and half the counts
+came from an input the gate never routes; see SBMOE.md, flaw 5.)
+
+E = number of experts. Inputs are numpy arrays; outputs are plain Python values, ready for JSON.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from sbmoe.modeling.model import SBMoEModel
 
 ACTIVE_SHARE = 0.01  # the paper counts an expert as activated when it receives at least 1 % of texts
 
@@ -11,3 +26,168 @@ def active_experts(counts: Sequence[int], min_share: float = ACTIVE_SHARE) -> in
     """How many experts receive at least `min_share` of the texts (the paper's "activated experts")."""
     total = sum(counts)
     return sum(1 for count in counts if total and count >= min_share * total)
+
+
+def router_probabilities(model: SBMoEModel, pooled: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """The gate's routing probabilities softmax(z) [N, E] for pooled vectors [N, H] (eval mode, no noise).
+
+    The TOP-1 expert of each text is their argmax.
+    """
+    import torch
+
+    if model.moe is None:
+        raise ValueError("this model has no MoE block, so it has no routing")
+    device = next(model.parameters()).device
+    out = np.empty((len(pooled), model.config.num_experts), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(pooled), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(pooled[start : start + batch_size])).to(device)
+            out[start : start + batch_size] = model.moe.gate(chunk.float()).softmax(dim=-1).cpu().numpy()
+    return out
+
+
+def expert_counts(experts: np.ndarray, num_experts: int) -> list[int]:
+    """How many texts have expert i as their top-1 choice, for i in 0..E-1. experts: [N] ints in [0, E)."""
+    experts = np.asarray(experts, dtype=np.int64).reshape(-1)
+    if num_experts < 1:
+        raise ValueError(f"num_experts must be at least 1, got {num_experts}")
+    if experts.size and (experts.min() < 0 or experts.max() >= num_experts):
+        raise ValueError(
+            f"expert indices must lie in [0, {num_experts}), got {experts.min()}..{experts.max()}"
+        )
+    return np.bincount(experts, minlength=num_experts).tolist()
+
+
+def expert_shares(experts: np.ndarray, num_experts: int) -> list[float]:
+    """Share of texts whose top-1 expert is i, for i in 0..E-1 (sums to 1; all zeros when N = 0).
+
+    experts: [N] top-1 expert per text; each text counted once.
+    """
+    counts = expert_counts(experts, num_experts)
+    total = sum(counts)
+    return [count / total if total else 0.0 for count in counts]
+
+
+def routing_entropy(probabilities: np.ndarray) -> float:
+    """Mean over texts of the routing entropy -sum_i p_i log p_i, in nats (0 log 0 = 0).
+
+    probabilities: [N, E] routing distributions (rows sum to 1). 0 for one-hot rows, log E for uniform ones;
+    0.0 when N = 0.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be [N, E], got shape {p.shape}")
+    if p.shape[0] == 0:
+        return 0.0
+    terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)  # [N, E]
+    return float(terms.sum(axis=1).mean())
+
+
+def normalized_routing_entropy(probabilities: np.ndarray) -> float:
+    """`routing_entropy` divided by log E: 0 = every text sure of one expert, 1 = every text uniform.
+
+    probabilities: [N, E]. 0.0 when E = 1 (a single expert leaves no choice).
+    """
+    num_experts = np.asarray(probabilities).shape[-1]
+    if num_experts < 2:
+        return 0.0
+    return routing_entropy(probabilities) / math.log(num_experts)
+
+
+def shared_expert_rate(
+    query_experts: Mapping[str, int],
+    doc_experts: Mapping[str, int],
+    qrels: Mapping[str, Mapping[str, int]],
+) -> dict[str, Any]:
+    """How often a query and its relevant documents are routed to the same top-1 expert.
+
+    Pairs are (query, document with grade >= 1) judged in `qrels` ({query id: {doc id: grade}}) whose two
+    texts both appear in the expert maps. Returns {"pairs": n, "same_expert": share of pairs with the same
+    expert (None when n = 0), "chance": sum_i q_share_i * d_share_i}, where the shares are taken over all
+    texts in `query_experts` and `doc_experts`: the agreement expected if routing ignored relevance.
+    """
+    pairs = same = 0
+    for query_id, judged in qrels.items():
+        if query_id not in query_experts:
+            continue
+        for doc_id, grade in judged.items():
+            if grade >= 1 and doc_id in doc_experts:
+                pairs += 1
+                same += int(query_experts[query_id]) == int(doc_experts[doc_id])
+    query_counts = Counter(int(e) for e in query_experts.values())
+    doc_counts = Counter(int(e) for e in doc_experts.values())
+    num_queries, num_docs = len(query_experts), len(doc_experts)
+    chance = (
+        sum(count * doc_counts.get(expert, 0) for expert, count in query_counts.items())
+        / (num_queries * num_docs)
+        if num_queries and num_docs
+        else 0.0
+    )
+    return {"pairs": pairs, "same_expert": same / pairs if pairs else None, "chance": chance}
+
+
+def top1_experts(probabilities: np.ndarray) -> np.ndarray:
+    """Top-1 expert of each text [N] (int64) from routing probabilities [N, E]."""
+    return np.asarray(probabilities).argmax(axis=1).astype(np.int64)
+
+
+def _side_summary(probabilities: np.ndarray, experts: np.ndarray, num_experts: int) -> dict[str, Any]:
+    counts = expert_counts(experts, num_experts)
+    total = sum(counts)
+    p = np.asarray(probabilities, dtype=np.float64)
+    return {
+        "count": total,
+        "counts": counts,
+        "shares": [count / total if total else 0.0 for count in counts],
+        "active_experts": active_experts(counts),
+        "entropy": routing_entropy(p),
+        "normalized_entropy": normalized_routing_entropy(p),
+        "mean_top_probability": float(p.max(axis=1).mean()) if len(p) else 0.0,
+    }
+
+
+def routing_summary(
+    query_probs: np.ndarray,
+    doc_probs: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    query_experts: np.ndarray | None = None,
+    doc_experts: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Routing statistics of queries and documents, JSON-able.
+
+    query_probs [Nq, E], doc_probs [Nd, E]: the gate's routing probabilities, rows in the order of
+    `query_ids` / `doc_ids`. query_experts [Nq], doc_experts [Nd]: the expert each text was routed to
+    (default: the argmax of its probabilities; pass them when routing is not the gate's, as under
+    RANDOM-GATE). Returns {"num_experts", "active_share", "queries": {...}, "documents": {...},
+    "shared_expert": {...}}, where each side has count, counts, shares, active_experts, entropy (nats),
+    normalized_entropy and mean_top_probability, and "shared_expert" is `shared_expert_rate`.
+    """
+    query_probs, doc_probs = np.asarray(query_probs), np.asarray(doc_probs)
+    if query_probs.ndim != 2 or doc_probs.ndim != 2 or query_probs.shape[1] != doc_probs.shape[1]:
+        raise ValueError(
+            f"probabilities must be [Nq, E] and [Nd, E], got {query_probs.shape} and {doc_probs.shape}"
+        )
+    if len(query_ids) != len(query_probs) or len(doc_ids) != len(doc_probs):
+        raise ValueError(
+            f"{len(query_ids)} query ids for {len(query_probs)} rows, "
+            f"{len(doc_ids)} document ids for {len(doc_probs)} rows"
+        )
+    num_experts = query_probs.shape[1]
+    query_experts = top1_experts(query_probs) if query_experts is None else np.asarray(query_experts)
+    doc_experts = top1_experts(doc_probs) if doc_experts is None else np.asarray(doc_experts)
+    if len(query_experts) != len(query_ids) or len(doc_experts) != len(doc_ids):
+        raise ValueError("query_experts / doc_experts must have one entry per id")
+    return {
+        "num_experts": num_experts,
+        "active_share": ACTIVE_SHARE,
+        "queries": _side_summary(query_probs, query_experts, num_experts),
+        "documents": _side_summary(doc_probs, doc_experts, num_experts),
+        "shared_expert": shared_expert_rate(
+            dict(zip(query_ids, query_experts.tolist(), strict=True)),
+            dict(zip(doc_ids, doc_experts.tolist(), strict=True)),
+            qrels,
+        ),
+    }

@@ -27,7 +27,6 @@ from sbmoe.retrieval.encode import (
     apply_head,
     default_device,
     encode_cached,
-    encode_pooled,
     text_routing_keys,
 )
 from sbmoe.retrieval.search import BACKENDS, search, to_run
@@ -60,6 +59,7 @@ class EvaluateSettings:
     progress: bool = True
     trust_remote_code: bool = False
     modes: tuple[str, ...] | None = None
+    per_mode_folders: bool | None = None  # OUT/<mode>/ for each mode; None: only when several modes
 
     def __post_init__(self) -> None:
         if self.drop_self_hits not in SELF_HIT_CHOICES:
@@ -79,11 +79,14 @@ class EvaluateSettings:
         return Path("runs") / "evaluate" / f"{dataset_name}-{self.split}-{model_tag}"
 
 
-def evaluate(settings: EvaluateSettings) -> list[dict[str, Any]]:
+def evaluate(
+    settings: EvaluateSettings, loaded: tuple[SBMoEModel, Any] | None = None
+) -> list[dict[str, Any]]:
     """Run the evaluation and write its artifacts. Returns one summary (as in metrics.json) per mode.
 
     The encoder runs once over the corpus and the queries; every routing mode is then the model's head
     applied to the same pooled vectors, so evaluating several modes costs little more than one.
+    loaded: an already loaded (model, tokenizer) for `settings.model`, to skip loading it again.
     """
     started = time.perf_counter()
     dataset = load_dataset(settings.dataset, settings.data_dir)
@@ -92,7 +95,7 @@ def evaluate(settings: EvaluateSettings) -> list[dict[str, Any]]:
     output_dir = settings.resolved_output_dir(dataset.name)
     drop_self_hits = _decide_self_hits(settings.drop_self_hits, dataset)
 
-    model, tokenizer = load_model(
+    model, tokenizer = loaded or load_model(
         settings.model,
         pooling=settings.pooling,
         normalize=settings.normalize,
@@ -122,11 +125,13 @@ def evaluate(settings: EvaluateSettings) -> list[dict[str, Any]]:
     query_ids = [query_id for query_id in qrels if query_id in queries]
     query_texts = [queries[q] for q in query_ids]
     tick = time.perf_counter()
-    pooled_queries = encode_pooled(
+    pooled_queries, _ = encode_cached(
         model,
         tokenizer,
+        query_ids,
         query_texts,
         "query",
+        cache=cache,
         batch_size=settings.batch_size,
         device=device,
         progress=settings.progress,
@@ -149,7 +154,8 @@ def evaluate(settings: EvaluateSettings) -> list[dict[str, Any]]:
         if drop_self_hits:
             run = {q: dict(islice(hits.items(), settings.top_k)) for q, hits in remove_self_hits(run).items()}
         result = evaluate_run(run, qrels, METRICS)
-        mode_dir = output_dir / _mode_folder(mode) if len(modes) > 1 else output_dir
+        per_mode = settings.per_mode_folders if settings.per_mode_folders is not None else len(modes) > 1
+        mode_dir = output_dir / mode_folder(mode) if per_mode else output_dir
         summary = {
             "dataset": dataset.name,
             "split": settings.split,
@@ -201,8 +207,9 @@ def _check_modes(modes: tuple[str, ...] | None, model: SBMoEModel) -> tuple[str 
     return tuple(dict.fromkeys(modes))
 
 
-def _mode_folder(mode: str) -> str:
-    return mode.replace(":", "-")
+def mode_folder(mode: str | None) -> str:
+    """The folder name of a routing mode's results ("none" for a model without the block)."""
+    return "none" if mode is None else mode.replace(":", "-")
 
 
 def _expert_counts(

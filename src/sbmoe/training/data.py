@@ -104,8 +104,9 @@ def epoch_batches(
             drawn = sample_negatives(negatives or {}, [e.query_id for e in chosen], num_negatives, generator)
             for doc_ids in drawn:
                 missing = num_negatives - len(doc_ids)
+                # Random corpus documents, without replacement, for queries short of candidates.
                 fill = (
-                    torch.randint(len(all_doc_ids), (missing,), generator=generator).tolist()
+                    torch.randperm(len(all_doc_ids), generator=generator)[:missing].tolist()
                     if missing
                     else []
                 )

@@ -35,7 +35,14 @@ from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import evaluate_run
 from sbmoe.io import atomic_write_text, provenance, staged_folder, write_json
 from sbmoe.modeling import SBMoEModel, build_model
-from sbmoe.retrieval.encode import EmbeddingCache, apply_head, default_device, encode_cached, encode_pooled
+from sbmoe.retrieval.encode import (
+    EmbeddingCache,
+    apply_head,
+    default_device,
+    encode_cached,
+    encode_pooled,
+    text_routing_keys,
+)
 from sbmoe.retrieval.search import exact_search, to_run
 from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig
 from sbmoe.training.data import Batch, Example, epoch_batches, hold_out, shard, training_examples
@@ -80,6 +87,8 @@ class TrainingData:
     validation: list[Example]
     validation_qrels: dict[str, dict[str, int]]
     negatives: Negatives | None
+    doc_rows: dict[str, int]  # corpus id -> row
+    validation_doc_ids: list[str]  # the documents searched at validation (fixed for the whole run)
     pooled: dict[str, tuple[dict[str, int], torch.Tensor]] | None = None  # kind -> (id -> row, [N, H])
 
 
@@ -136,7 +145,8 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         for batch in batches[state.step_in_epoch :]:
             started = time.perf_counter()
             parts, routing = _train_step(model, tokenizer, batch, data, config, info, noise_generator, device)
-            torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm) if config.max_grad_norm else None
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -222,7 +232,11 @@ def _training_data(config: TrainingConfig, dataset: BeirDataset, info: Distribut
             )  # fmt: skip
         else:
             negatives = load_negatives_run(config.hard_negatives, qrels, depth=config.hard_negative_depth)
-    return TrainingData(dataset, train_examples, validation, validation_qrels, negatives)
+    doc_rows = {doc_id: row for row, doc_id in enumerate(dataset.corpus.ids)}
+    validation_doc_ids = _validation_documents(dataset.corpus.ids, validation, config)
+    return TrainingData(
+        dataset, train_examples, validation, validation_qrels, negatives, doc_rows, validation_doc_ids
+    )
 
 
 def _batches(config: TrainingConfig, data: TrainingData, epoch: int, world_size: int) -> list[Batch]:
@@ -337,10 +351,7 @@ def _embed(model, tokenizer, ids, kind, data, noise, device):
 
 
 def _document_texts(data: TrainingData, ids: list[str]) -> list[str]:
-    corpus = data.dataset.corpus
-    if not hasattr(data, "_doc_rows"):
-        data._doc_rows = {doc_id: row for row, doc_id in enumerate(corpus.ids)}  # type: ignore[attr-defined]
-    rows = data._doc_rows  # type: ignore[attr-defined]
+    corpus, rows = data.dataset.corpus, data.doc_rows
     return [(corpus.titles[rows[i]] + " " + corpus.texts[rows[i]]).strip() for i in ids]
 
 
@@ -399,7 +410,7 @@ def validate(model, tokenizer, data: TrainingData, config: TrainingConfig, devic
     """Metrics of the validation queries against the corpus (all of it, or positives + sampled ones)."""
     queries = data.dataset.queries
     query_ids = [e.query_id for e in data.validation]
-    doc_ids = _validation_documents(data, config)
+    doc_ids = data.validation_doc_ids
     if data.pooled is not None:
         rows, table = data.pooled["document"]
         pooled_docs = table[[rows[i] for i in doc_ids]].numpy()
@@ -414,8 +425,13 @@ def validate(model, tokenizer, data: TrainingData, config: TrainingConfig, devic
             model, tokenizer, [queries[q] for q in query_ids], "query",
             batch_size=config.encode_batch_size, device=device, progress=False,
         )  # fmt: skip
-    doc_embeddings, _ = apply_head(model, pooled_docs)
-    query_embeddings, _ = apply_head(model, pooled_queries)
+    doc_keys = query_keys = None
+    if model.moe is not None and model.config.default_mode == "random":  # RANDOM-GATE routes by text
+        config_ = model.config
+        doc_keys = text_routing_keys(tokenizer, _document_texts(data, doc_ids), config_.document_max_length)
+        query_keys = text_routing_keys(tokenizer, [queries[q] for q in query_ids], config_.query_max_length)
+    doc_embeddings, _ = apply_head(model, pooled_docs, keys=doc_keys)
+    query_embeddings, _ = apply_head(model, pooled_queries, keys=query_keys)
     scores, indices = exact_search(query_embeddings, doc_embeddings, k=100)
     run = to_run(query_ids, doc_ids, scores, indices)
     qrels = {q: data.validation_qrels[q] for q in query_ids}
@@ -423,19 +439,17 @@ def validate(model, tokenizer, data: TrainingData, config: TrainingConfig, devic
     return evaluate_run(run, qrels).aggregate
 
 
-def _validation_documents(data: TrainingData, config: TrainingConfig) -> list[str]:
-    """All documents, or the validation positives plus a fixed random sample of distractors."""
-    all_ids = data.dataset.corpus.ids
+def _validation_documents(all_ids: list[str], validation: list[Example], config: TrainingConfig) -> list[str]:
+    """All documents (frozen encoder: they cost nothing), or the validation positives plus a fixed random
+    sample of distractors (the encoder must re-encode them at every validation)."""
     limit = config.validation_documents
-    if limit is None and data.pooled is not None:
+    if limit is None and config.freeze_encoder:
         return list(all_ids)
     limit = DEFAULT_VALIDATION_DOCUMENTS if limit is None else limit
-    if not hasattr(data, "_validation_doc_ids"):
-        positives = {doc for e in data.validation for doc in e.positives}
-        generator = torch.Generator().manual_seed(config.seed + 1)
-        sample = [all_ids[i] for i in torch.randperm(len(all_ids), generator=generator)[:limit].tolist()]
-        data._validation_doc_ids = sorted(positives | set(sample))  # type: ignore[attr-defined]
-    return data._validation_doc_ids  # type: ignore[attr-defined]
+    positives = {doc for e in validation for doc in e.positives}
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    sample = [all_ids[i] for i in torch.randperm(len(all_ids), generator=generator)[:limit].tolist()]
+    return sorted(positives | set(sample))
 
 
 def _save_model(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:

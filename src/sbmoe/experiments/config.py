@@ -1,0 +1,242 @@
+"""`ExperimentConfig`: a grid of runs from a YAML file, validated completely before any run starts.
+
+    name: cpu-scifact
+    bases: [minilm-l6]                       # base encoders (folder, hub id, or minilm-l6)
+    train_datasets: [scifact]                # in-domain: each is trained on and tested on its own split
+    zero_shot_datasets: [arguana, cranfield] # tested with models trained elsewhere
+    systems: [zero-shot, adapter, random-gate, sbmoe-faithful, sbmoe-learned]   # or a mapping, below
+    num_experts: [3, 6, 9, 12]               # for sbmoe-* and random-gate (adapter has 1)
+    modes: [top1, all]                       # inference routing evaluated for systems with a block
+    seeds: [1, 2, 3]
+    train_split: train
+    test_split: test
+    top_k: 1000                              # hits per query written to each run file
+    keep_models: false                       # or a list of system labels
+    training: {freeze_encoder: true, epochs: 20}   # TrainingConfig fields shared by every run
+
+`systems` may also map a label to settings: `sbmoe-learned-lb: {system: sbmoe-learned, num_experts: [6],
+router_aux_loss_coef: 0.01}` (system defaults to the label; other keys are TrainingConfig fields).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sbmoe.data import load_dataset
+from sbmoe.errors import SbmoeError
+from sbmoe.modeling.moe import parse_mode
+from sbmoe.training.config import FIELD_NAMES as TRAINING_FIELDS
+
+SYSTEMS = ("zero-shot", "finetune", "adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned")
+# What each system means for `sbmoe train`.
+SYSTEM_TRAINING = {
+    "finetune": {"variant": "finetune"},
+    "adapter": {"variant": "adapter"},
+    "random-gate": {"variant": "random-gate"},
+    "sbmoe-faithful": {"variant": "sbmoe", "moe": "faithful"},
+    "sbmoe-learned": {"variant": "sbmoe", "moe": "learned"},
+}
+# Run settings fixed by the grid itself, not to be set under `training`.
+GRID_OWNED = {
+    "base",
+    "dataset",
+    "output_dir",
+    "seed",
+    "variant",
+    "moe",
+    "num_experts",
+    "train_split",
+    "data_dir",
+}
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    label: str
+    system: str
+    num_experts: tuple[int | None, ...]
+    training: dict[str, Any]
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    bases: list[str]
+    train_datasets: list[str]
+    systems: list[SystemSpec]
+    zero_shot_datasets: list[str] = field(default_factory=list)
+    num_experts: list[int] = field(default_factory=lambda: [6])
+    modes: list[str] = field(default_factory=lambda: ["top1", "all"])
+    seeds: list[int] = field(default_factory=lambda: [42])
+    train_split: str = "train"
+    test_split: str = "test"
+    top_k: int = 1000  # hits per query in each run file; the six metrics need 100
+    keep_models: bool | list[str] = False  # or the labels of the systems whose models are kept
+    training: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TOP_LEVEL = {
+    "name", "bases", "train_datasets", "zero_shot_datasets", "systems", "num_experts", "modes", "seeds",
+    "train_split", "test_split", "keep_models", "training", "data_dir", "top_k",
+}  # fmt: skip
+
+
+def load_experiment_config(
+    path: str | Path, data_dir: str | None = None, check_data: bool = True
+) -> ExperimentConfig:
+    """Read and check a grid file: every key, system and mode, and (check_data) every collection and its
+    splits."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise SbmoeError(f"{path}: file not found") from error
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise SbmoeError(f"{path}: cannot parse ({error})") from error
+    if not isinstance(raw, dict):
+        raise SbmoeError(f"{path}: expected a mapping of experiment settings")
+    return build_experiment_config(raw, where=str(path), data_dir=data_dir, check_data=check_data)
+
+
+def build_experiment_config(
+    raw: dict[str, Any], where: str, data_dir: str | None = None, check_data: bool = True
+) -> ExperimentConfig:
+    def fail(message: str) -> SbmoeError:
+        return SbmoeError(f"{where}: {message}")
+
+    unknown = sorted(set(raw) - TOP_LEVEL)
+    if unknown:
+        raise fail(f"unknown key(s) {unknown}; known: {sorted(TOP_LEVEL)}")
+    for key in ("name", "bases", "train_datasets", "systems"):
+        if key not in raw:
+            raise fail(f"missing key {key!r}")
+    lists = {}
+    list_keys = {
+        "bases": str,
+        "train_datasets": str,
+        "zero_shot_datasets": str,
+        "num_experts": int,
+        "modes": str,
+    }
+    for key, kind in {**list_keys, "seeds": int}.items():
+        value = raw.get(key, [])
+        if key in raw and (
+            not isinstance(value, list) or not value or not all(isinstance(v, kind) for v in value)
+        ):
+            raise fail(f"{key} must be a non-empty list of {kind.__name__}s, got {value!r}")
+        lists[key] = value
+    if not isinstance(raw["name"], str) or not re.fullmatch(r"[\w.-]+", raw["name"]):
+        raise fail(f"name must be letters, digits, '.', '_' or '-', got {raw['name']!r}")
+    training = raw.get("training", {}) or {}
+    if not isinstance(training, dict):
+        raise fail("training must be a mapping of TrainingConfig fields")
+    _check_training_keys(training, "training", fail)
+
+    defaults = ExperimentConfig(name="x", bases=[], train_datasets=[], systems=[])
+    num_experts = lists["num_experts"] or defaults.num_experts
+    systems = _parse_systems(raw["systems"], num_experts, fail)
+    modes = lists["modes"] or defaults.modes
+    for mode in modes:
+        try:
+            parse_mode(mode, max((n or 1) for s in systems for n in s.num_experts) if systems else 1)
+        except ValueError as error:
+            raise fail(f"modes: {error}") from error
+    config = ExperimentConfig(
+        name=raw["name"],
+        bases=lists["bases"],
+        train_datasets=lists["train_datasets"],
+        systems=systems,
+        zero_shot_datasets=lists["zero_shot_datasets"],
+        num_experts=num_experts,
+        modes=modes,
+        seeds=lists["seeds"] or defaults.seeds,
+        train_split=raw.get("train_split", "train"),
+        test_split=raw.get("test_split", "test"),
+        top_k=_positive_int(raw.get("top_k", 1000), "top_k", fail),
+        keep_models=_keep_models(raw.get("keep_models", False), systems, fail),
+        training=training,
+        data_dir=raw.get("data_dir", data_dir),
+    )
+    if check_data:
+        _check_collections(config, fail)
+    return config
+
+
+def _positive_int(value: Any, name: str, fail) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise fail(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _keep_models(value: Any, systems: list[SystemSpec], fail) -> bool | list[str]:
+    if isinstance(value, bool):
+        return value
+    labels = {spec.label for spec in systems}
+    if isinstance(value, list) and all(isinstance(v, str) and v in labels for v in value):
+        return value
+    raise fail(
+        f"keep_models must be true, false or a list of system labels from {sorted(labels)}, got {value!r}"
+    )
+
+
+def _check_training_keys(settings: dict[str, Any], where: str, fail) -> None:
+    unknown = sorted(set(settings) - TRAINING_FIELDS)
+    if unknown:
+        raise fail(f"{where}: unknown training setting(s) {unknown}")
+    owned = sorted(set(settings) & GRID_OWNED)
+    if owned:
+        raise fail(f"{where}: {owned} are set by the grid itself, not under training")
+
+
+def _parse_systems(raw: Any, num_experts: list[int], fail) -> list[SystemSpec]:
+    if isinstance(raw, list):
+        raw = {name: {} for name in raw}
+    if not isinstance(raw, dict) or not raw:
+        raise fail("systems must be a non-empty list of system names or a mapping label -> settings")
+    specs = []
+    for label, settings in raw.items():
+        settings = dict(settings or {})
+        system = settings.pop("system", label)
+        if system not in SYSTEMS:
+            raise fail(f"systems: {label!r} is not a known system; known: {list(SYSTEMS)} (or set system:)")
+        counts = settings.pop("num_experts", None)
+        if counts is not None and (
+            not isinstance(counts, list) or not all(isinstance(n, int) and n >= 1 for n in counts)
+        ):
+            raise fail(f"systems: {label}.num_experts must be a list of integers >= 1, got {counts!r}")
+        if system in ("sbmoe-faithful", "sbmoe-learned", "random-gate"):
+            experts: tuple[int | None, ...] = tuple(counts or num_experts)
+        elif system == "adapter":
+            experts = (1,)
+        else:
+            experts = (None,)
+        _check_training_keys(settings, f"systems.{label}", fail)
+        specs.append(SystemSpec(label=label, system=system, num_experts=experts, training=settings))
+    return specs
+
+
+def _check_collections(config: ExperimentConfig, fail) -> None:
+    """Every collection exists and has the splits the grid uses: found now, not an hour into the run."""
+    for name in config.train_datasets:
+        _check_splits(name, (config.train_split, config.test_split), config.data_dir, fail)
+    for name in config.zero_shot_datasets:
+        _check_splits(name, (config.test_split,), config.data_dir, fail)
+
+
+def _check_splits(name: str, splits: tuple[str, ...], data_dir: str | None, fail) -> None:
+    try:
+        dataset = load_dataset(name, data_dir)
+    except SbmoeError as error:
+        raise fail(f"collection {name!r}: {error}") from error
+    missing = [split for split in splits if split not in dataset.splits()]
+    if missing:
+        raise fail(f"collection {name!r} has no split(s) {missing}; it has {dataset.splits()}")

@@ -1,0 +1,213 @@
+"""Run a grid: every (base, training collection, system, number of experts, seed), trained and evaluated.
+
+Resumable by construction: a run is finished when its folder holds done.json (written last); a folder
+without it is removed and the run redone; results.jsonl is rebuilt from the finished runs after each one.
+Interrupting loses at most the run in progress. See `sbmoe.experiments` for the folder layout.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from sbmoe.errors import SbmoeError
+from sbmoe.evaluation.evaluate import EvaluateSettings, evaluate, mode_folder
+from sbmoe.experiments.config import SYSTEM_TRAINING, ExperimentConfig
+from sbmoe.io import atomic_write_text, provenance, write_json
+from sbmoe.modeling import load_model
+from sbmoe.training.config import TrainingConfig
+from sbmoe.training.trainer import train
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILES = ("model.safetensors", "best", "checkpoints")  # removed after evaluation unless models are kept
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    label: str
+    system: str
+    base: str
+    train_dataset: str | None
+    num_experts: int | None
+    seed: int | None
+    training: dict[str, Any]
+
+
+def plan_runs(config: ExperimentConfig) -> list[Run]:
+    """Every run of the grid, in the order they are executed."""
+    runs = []
+    for base in config.bases:
+        base_tag = Path(base.rstrip("/")).name
+        for spec in config.systems:
+            if spec.system == "zero-shot":
+                runs.append(Run(f"zero-shot/{base_tag}", spec.label, spec.system, base, None, None, None, {}))
+        for dataset in config.train_datasets:
+            for spec in config.systems:
+                if spec.system == "zero-shot":
+                    continue
+                for experts in spec.num_experts:
+                    suffix = "" if experts is None else f"-n{experts}"
+                    for seed in config.seeds:
+                        run_id = f"{dataset}/{base_tag}/{spec.label}{suffix}/seed{seed}"
+                        training = {**config.training, **spec.training}
+                        runs.append(
+                            Run(run_id, spec.label, spec.system, base, dataset, experts, seed, training)
+                        )
+    return runs
+
+
+def run_experiment(
+    config: ExperimentConfig, output_dir: str | Path, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Execute (or resume) the grid in `output_dir`; returns the lines of results.jsonl."""
+    output = Path(output_dir)
+    _check_or_write_experiment(output, config)
+    runs = plan_runs(config)
+    finished = sum((output / "runs" / run.run_id / "done.json").is_file() for run in runs)
+    logger.info("Experiment %s: %d runs, %d already finished", config.name, len(runs), finished)
+    bar = tqdm(runs, desc=f"Experiment {config.name}", unit="run", disable=not progress)
+    for run in bar:
+        folder = output / "runs" / run.run_id
+        if (folder / "done.json").is_file():
+            continue
+        bar.set_postfix_str(run.run_id)
+        if folder.exists():
+            logger.warning("Redoing %s: it did not finish", run.run_id)
+            shutil.rmtree(folder)
+        _execute(run, config, folder, output)
+        _write_results(output, runs)
+    bar.close()
+    return _write_results(output, runs)
+
+
+def _check_or_write_experiment(output: Path, config: ExperimentConfig) -> None:
+    """A folder holds one experiment: resuming with a different grid is refused."""
+    record = output / "experiment.json"
+    if record.is_file():
+        saved = json.loads(record.read_text(encoding="utf-8"))["config"]
+        if saved != json.loads(json.dumps(config.to_dict())):
+            raise SbmoeError(
+                f"{output} holds experiment {saved.get('name')!r} with a different configuration; "
+                "use another --output-dir (finished runs are kept only for the same grid)"
+            )
+        return
+    if output.exists() and any(output.iterdir()):
+        raise SbmoeError(f"{output} already exists, is not empty and holds no experiment.json")
+    write_json(record, {"config": config.to_dict(), "provenance": provenance()})
+
+
+def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path) -> None:
+    started = time.perf_counter()
+    folder.mkdir(parents=True)
+    if run.system == "zero-shot":
+        model_path = run.base
+        collections = [*config.train_datasets, *config.zero_shot_datasets]
+    else:
+        model_path = str(folder / "model")
+        settings = {
+            **run.training,
+            **SYSTEM_TRAINING[run.system],
+            "base": run.base,
+            "dataset": run.train_dataset,
+            "data_dir": config.data_dir,
+            "output_dir": model_path,
+            "train_split": config.train_split,
+            "seed": run.seed,
+            "num_experts": run.num_experts or 1,
+        }
+        settings.setdefault("progress", False)
+        try:
+            train(TrainingConfig(**settings))
+        except ValueError as error:
+            raise SbmoeError(f"run {run.run_id}: {error}") from error
+        collections = [run.train_dataset, *config.zero_shot_datasets]
+    loaded = load_model(model_path)
+    modes = _modes(run, config, loaded[0])
+    lines = []
+    for collection in dict.fromkeys(collections):
+        settings = EvaluateSettings(
+            model=model_path,
+            dataset=collection,
+            split=config.test_split,
+            data_dir=config.data_dir,
+            output_dir=str(folder / "eval" / collection),
+            top_k=config.top_k,
+            modes=modes,
+            per_mode_folders=True,
+            progress=False,
+        )
+        summaries = evaluate(settings, loaded=loaded)
+        for summary in summaries:
+            lines.append(_result_line(run, config, collection, summary, folder, output))
+    write_json(folder / "results.json", lines)
+    if not _keeps_model(run, config):
+        for name in MODEL_FILES:
+            path = folder / "model" / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    write_json(
+        folder / "done.json", {"run_id": run.run_id, "seconds": round(time.perf_counter() - started, 1)}
+    )
+    logger.info("Finished %s in %.0f s", run.run_id, time.perf_counter() - started)
+
+
+def _modes(run: Run, config: ExperimentConfig, model) -> tuple[str, ...] | None:
+    """Routing modes to evaluate: the grid's for a learned gate; RANDOM-GATE routes at random; one expert
+    (adapter) has a single mode; no block, no modes."""
+    if model.moe is None:
+        return None
+    if run.system == "random-gate":
+        return ("random",)
+    if model.config.num_experts == 1:
+        return ("top1",)
+    return tuple(config.modes)
+
+
+def _keeps_model(run: Run, config: ExperimentConfig) -> bool:
+    keep = config.keep_models
+    return keep if isinstance(keep, bool) else run.label in keep
+
+
+def _result_line(
+    run: Run, config, collection: str, summary: dict, folder: Path, output: Path
+) -> dict[str, Any]:
+    mode = summary.get("mode")
+    metrics_file = folder / "eval" / collection / mode_folder(mode) / "metrics.json"
+    in_domain = collection == run.train_dataset or (
+        run.train_dataset is None and collection in config.train_datasets
+    )
+    return {
+        "run_id": run.run_id,
+        "system": run.label,
+        "base": run.base,
+        "train_dataset": run.train_dataset,
+        "num_experts": run.num_experts,
+        "seed": run.seed,
+        "eval_dataset": collection,
+        "split": config.test_split,
+        "setting": "in-domain" if in_domain else "zero-shot",
+        "mode": mode,
+        "metrics": {
+            name: summary[name] for name in ("ndcg@10", "recall@100", "mrr@10", "map@100", "p@1", "ndcg@3")
+        },
+        "metrics_file": str(metrics_file.relative_to(output)),
+    }
+
+
+def _write_results(output: Path, runs: list[Run]) -> list[dict[str, Any]]:
+    """results.jsonl from every finished run, in grid order (rewritten atomically)."""
+    lines = []
+    for run in runs:
+        folder = output / "runs" / run.run_id
+        if (folder / "done.json").is_file():
+            lines.extend(json.loads((folder / "results.json").read_text(encoding="utf-8")))
+    atomic_write_text(output / "results.jsonl", "".join(json.dumps(line) + "\n" for line in lines))
+    return lines
