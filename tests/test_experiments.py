@@ -54,7 +54,7 @@ def test_grid_runs_writes_results_and_resumes_after_a_crash(tiny_encoder, collec
     executed = []
     real_execute = runner._execute
 
-    def crash_on_fourth(run, *args):
+    def crash_on_fourth(run, *args):  # args: config, folder, output, progress
         executed.append(run.run_id)
         if len(executed) == 4:
             real_execute(run, *args)  # finishes its training and evaluation ...

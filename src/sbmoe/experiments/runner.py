@@ -83,7 +83,7 @@ def run_experiment(
         if folder.exists():
             logger.warning("Redoing %s: it did not finish", run.run_id)
             shutil.rmtree(folder)
-        _execute(run, config, folder, output)
+        _execute(run, config, folder, output, progress)
         _write_results(output, runs)
     bar.close()
     return _write_results(output, runs)
@@ -105,7 +105,9 @@ def _check_or_write_experiment(output: Path, config: ExperimentConfig) -> None:
     write_json(record, {"config": config.to_dict(), "provenance": provenance()})
 
 
-def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path) -> None:
+def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, progress: bool = False) -> None:
+    """Train (unless zero-shot), evaluate on every collection of the run, record, mark done. Progress bars
+    of the long steps (encoding a collection the first time) follow `progress`."""
     started = time.perf_counter()
     folder.mkdir(parents=True)
     if run.system == "zero-shot":
@@ -143,7 +145,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path) -> 
             top_k=config.top_k,
             modes=modes,
             per_mode_folders=True,
-            progress=False,
+            progress=progress,
         )
         summaries = evaluate(settings, loaded=loaded)
         for summary in summaries:
