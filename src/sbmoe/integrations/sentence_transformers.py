@@ -36,51 +36,15 @@ class SBMoEHead(Module):
     token ids, exactly as `SBMoEModel` does.
     """
 
-    config_keys = [
-        "hidden_size",
-        "num_experts",
-        "expert_hidden_size",
-        "gate_hidden_size",
-        "expert_activation",
-        "variant",
-        "random_gate",
-        "random_gate_seed",
-        "mode",
-    ]
+    config_keys = ["block_settings", "mode"]
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_experts: int,
-        expert_hidden_size: int,
-        gate_hidden_size: int,
-        expert_activation: str = "relu",
-        variant: str = "faithful",
-        random_gate: bool = False,
-        random_gate_seed: int = 0,
-        mode: str = "top1",
-    ):
+    def __init__(self, block_settings: dict[str, Any], mode: str = "top1"):
+        """block_settings: the arguments of `SBMoEBlock` (`SBMoEConfig.moe_block_kwargs()`)."""
         super().__init__()
-        parse_mode(mode, num_experts)
-        self.hidden_size = hidden_size
-        self.num_experts = num_experts
-        self.expert_hidden_size = expert_hidden_size
-        self.gate_hidden_size = gate_hidden_size
-        self.expert_activation = expert_activation
-        self.variant = variant
-        self.random_gate = random_gate
-        self.random_gate_seed = random_gate_seed
+        parse_mode(mode, block_settings["num_experts"])
+        self.block_settings = dict(block_settings)
         self.mode = mode
-        self.block = SBMoEBlock(
-            hidden_size,
-            num_experts,
-            expert_hidden_size,
-            gate_hidden_size,
-            expert_activation,
-            variant,
-            random_gate,
-            random_gate_seed,
-        )
+        self.block = SBMoEBlock(**block_settings)
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         keys = (
@@ -108,19 +72,7 @@ class SBMoEHead(Module):
 
     @classmethod
     def from_model(cls, model: SBMoEModel, mode: str | None = None) -> SBMoEHead:
-        config = model.config
-        expert_hidden_size, gate_hidden_size = config.moe_block_sizes()
-        head = cls(
-            hidden_size=config.hidden_size,
-            num_experts=config.num_experts,
-            expert_hidden_size=expert_hidden_size,
-            gate_hidden_size=gate_hidden_size,
-            expert_activation=config.expert_activation,
-            variant=config.variant,
-            random_gate=config.random_gate,
-            random_gate_seed=config.random_gate_seed,
-            mode=mode or config.default_mode,
-        )
+        head = cls(model.config.moe_block_kwargs(), mode or model.config.default_mode)
         head.block.load_state_dict(model.moe.state_dict())
         return head
 

@@ -108,10 +108,19 @@ class SBMoEConfig(PretrainedConfig):
     def hidden_size(self) -> int:
         return self.encoder.hidden_size
 
-    def moe_block_sizes(self) -> tuple[int, int]:
-        """(expert bottleneck, gate hidden width), defaulting to H/2 as the paper."""
+    def moe_block_kwargs(self) -> dict[str, Any]:
+        """The arguments of `SBMoEBlock` this config describes (bottleneck and gate widths default to H/2)."""
         half = self.hidden_size // 2
-        return self.expert_hidden_size or half, self.gate_hidden_size or half
+        return {
+            "hidden_size": self.hidden_size,
+            "num_experts": self.num_experts,
+            "expert_hidden_size": self.expert_hidden_size or half,
+            "gate_hidden_size": self.gate_hidden_size or half,
+            "activation": self.expert_activation,
+            "variant": self.variant,
+            "random_gate": self.random_gate,
+            "random_gate_seed": self.random_gate_seed,
+        }
 
     def max_length_for(self, kind: str) -> int:
         """Token limit for `kind` in {"query", "document"}."""

@@ -53,22 +53,8 @@ class SBMoEModel(PreTrainedModel):
             # with its resolved attention implementation, is the one the model saves.
             config.encoder = encoder.config
         self.encoder = encoder
-        self.moe = self._build_moe(config) if config.use_moe else None
+        self.moe = SBMoEBlock(**config.moe_block_kwargs()) if config.use_moe else None
         self.post_init()
-
-    @staticmethod
-    def _build_moe(config: SBMoEConfig) -> SBMoEBlock:
-        expert_hidden_size, gate_hidden_size = config.moe_block_sizes()
-        return SBMoEBlock(
-            hidden_size=config.hidden_size,
-            num_experts=config.num_experts,
-            expert_hidden_size=expert_hidden_size,
-            gate_hidden_size=gate_hidden_size,
-            activation=config.expert_activation,
-            variant=config.variant,
-            random_gate=config.random_gate,
-            random_gate_seed=config.random_gate_seed,
-        )
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         # The encoder initialises itself; the head's modules initialise in their constructors.
