@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from sbmoe.errors import SbmoeError
+from sbmoe.retrieval.commands import add_index_type_arguments, ann_overrides
 
 logger = logging.getLogger("sbmoe")
 
@@ -44,6 +45,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
         help="drop hits whose doc id equals the query id; auto = only where queries are corpus documents",
     )
     parser.add_argument("--backend", choices=["torch", "faiss"], default="torch", help="exact search backend")
+    add_index_type_arguments(parser)
     _add_encoder_overrides(parser)
     parser.add_argument("--cache-dir", help="embedding cache (default: $SBMOE_CACHE or ~/.cache/sbmoe)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached embeddings")
@@ -77,6 +79,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         trust_remote_code=args.trust_remote_code,
         modes=tuple(mode.strip() for mode in args.mode.split(",")) if args.mode else None,
+        index_type=args.index_type,
+        index_settings=ann_overrides(args, args.index_type),
     )
     summaries = evaluate(settings)
     print(format_table(summaries))
@@ -369,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sbmoe import __version__
     from sbmoe.analysis.analyze import add_analyze_parser
     from sbmoe.experiments.report import add_report_parser
+    from sbmoe.retrieval.commands import add_encode_parser, add_index_parser, add_search_parser
 
     parser = argparse.ArgumentParser(
         prog="sbmoe", description="Dense retrieval with a single-block mixture of experts."
@@ -383,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment(commands)
     add_report_parser(commands)
     add_analyze_parser(commands)
+    add_encode_parser(commands)
+    add_index_parser(commands)
+    add_search_parser(commands)
     _add_quickstart(commands)
     _add_data(commands)
     return parser

@@ -5,11 +5,14 @@ from __future__ import annotations
 from sbmoe.data.beir import (
     BeirDataset,
     Corpus,
+    document_text,
+    iter_documents,
     list_datasets,
     load_corpus,
     load_dataset,
     load_qrels,
     load_queries,
+    load_query_file,
     resolve_dataset,
     validate_dataset,
 )
@@ -17,11 +20,14 @@ from sbmoe.data.beir import (
 __all__ = [
     "BeirDataset",
     "Corpus",
+    "document_text",
+    "iter_documents",
     "list_datasets",
     "load_corpus",
     "load_dataset",
     "load_qrels",
     "load_queries",
+    "load_query_file",
     "resolve_dataset",
     "validate_dataset",
 ]

@@ -55,7 +55,7 @@ class Corpus:
 
     def document_texts(self) -> list[str]:
         """The text to encode for each document, BEIR's way: (title + " " + text).strip()."""
-        return [f"{title} {text}".strip() for title, text in zip(self.titles, self.texts, strict=True)]
+        return [document_text(title, text) for title, text in zip(self.titles, self.texts, strict=True)]
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -152,16 +152,30 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
+def iter_documents(path: str | Path) -> Iterator[tuple[str, str, str]]:
+    """Stream a BEIR corpus file as (id, title, text), in file order, checked as `load_corpus` does.
+
+    Only the ids seen so far are held (to refuse a repeated id), so a corpus larger than memory streams.
+    """
+    for _, doc_id, record in _read_jsonl(Path(path)):
+        yield doc_id, record.get("title") or "", record["text"]
+
+
+def document_text(title: str, text: str) -> str:
+    """The text to encode for a document, BEIR's way: (title + " " + text).strip()."""
+    return f"{title} {text}".strip()
+
+
 def load_corpus(path: str | Path) -> Corpus:
     """Read a BEIR corpus (.jsonl, or .jsonl.gz when the name ends in .gz), keeping file order."""
     path = Path(path)
     ids: list[str] = []
     titles: list[str] = []
     texts: list[str] = []
-    for _, doc_id, record in _read_jsonl(path):
+    for doc_id, title, text in iter_documents(path):
         ids.append(doc_id)
-        titles.append(record.get("title") or "")
-        texts.append(record["text"])
+        titles.append(title)
+        texts.append(text)
     if not ids:
         raise DataError(path, "the corpus has no documents")
     logger.debug("read %d documents from %s", len(ids), path)
@@ -175,6 +189,32 @@ def load_queries(path: str | Path) -> dict[str, str]:
     if not queries:
         raise DataError(path, "the file has no queries")
     logger.debug("read %d queries from %s", len(queries), path)
+    return queries
+
+
+def load_query_file(path: str | Path) -> dict[str, str]:
+    """Queries to search for: BEIR .jsonl, or .tsv lines "id<TAB>text" (no header). Empty texts are errors."""
+    path = Path(path)
+    if path.suffix != ".tsv":
+        queries = load_queries(path)
+        empty = next((query_id for query_id, text in queries.items() if not text.strip()), None)
+        if empty is not None:
+            raise DataError(path, f"query {empty!r} has an empty text")
+        return queries
+    queries = {}
+    for line_number, line in _read_lines(path):
+        if not line.strip():
+            continue
+        query_id, tab, text = line.partition("\t")
+        if not tab or not query_id:
+            raise DataError(path, f"expected id<TAB>text, found {line!r}", line_number)
+        if not text.strip():
+            raise DataError(path, f"query {query_id!r} has an empty text", line_number)
+        if query_id in queries:
+            raise DataError(path, f"duplicate query id {query_id!r}", line_number)
+        queries[query_id] = text
+    if not queries:
+        raise DataError(path, "the file has no queries")
     return queries
 
 

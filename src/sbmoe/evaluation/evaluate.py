@@ -22,6 +22,7 @@ from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.moe import parse_mode
+from sbmoe.retrieval.ann import INDEX_TYPES, ann_search, ann_settings, build_ann_index, recall_against_exact
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
     apply_head,
@@ -60,12 +61,16 @@ class EvaluateSettings:
     trust_remote_code: bool = False
     modes: tuple[str, ...] | None = None
     per_mode_folders: bool | None = None  # OUT/<mode>/ for each mode; None: only when several modes
+    index_type: str = "exact"  # or hnsw / ivfpq: searched approximately, recall against exact reported
+    index_settings: dict[str, Any] | None = None  # settings of the approximate index (see ann_settings)
 
     def __post_init__(self) -> None:
         if self.drop_self_hits not in SELF_HIT_CHOICES:
             raise ValueError(
                 f"drop_self_hits must be one of {list(SELF_HIT_CHOICES)}, got {self.drop_self_hits!r}"
             )
+        if self.index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type must be one of {list(INDEX_TYPES)}, got {self.index_type!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
         for field in ("batch_size", "top_k"):
@@ -150,6 +155,11 @@ def evaluate(
         # One extra hit per query so that dropping a self-hit still leaves top_k.
         k = settings.top_k + 1 if drop_self_hits else settings.top_k
         scores, indices = search(query_embeddings, doc_embeddings, k, backend=settings.backend)
+        index_report = None
+        if settings.index_type != "exact":
+            scores, indices, index_report = _approximate_search(
+                settings, doc_embeddings, query_embeddings, k, exact_rows=indices
+            )
         run = to_run(query_ids, corpus.ids, scores, indices)
         if drop_self_hits:
             run = {q: dict(islice(hits.items(), settings.top_k)) for q, hits in remove_self_hits(run).items()}
@@ -171,6 +181,7 @@ def evaluate(
                 "head_search_and_metrics": round(time.perf_counter() - tick, 3),
                 "total": round(time.perf_counter() - started, 3),
             },
+            "index": index_report,
             "expert_counts": _expert_counts(model, query_experts, doc_experts),
             "per_query": result.per_query,
         }
@@ -187,6 +198,32 @@ def evaluate(
         )
         summaries.append({**summary, "output_dir": str(mode_dir)})
     return summaries
+
+
+def _approximate_search(
+    settings: EvaluateSettings,
+    doc_embeddings: np.ndarray,
+    query_embeddings: np.ndarray,
+    k: int,
+    exact_rows: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Search an approximate index over the documents; report its cost and its recall against exact."""
+    ann = ann_settings(settings.index_type, *doc_embeddings.shape, **(settings.index_settings or {}))
+    tick = time.perf_counter()
+    index = build_ann_index(doc_embeddings, settings.index_type, ann)
+    build_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
+    scores, rows = ann_search(index, query_embeddings, k)
+    report = {
+        "type": settings.index_type,
+        "settings": ann,
+        "build_seconds": round(build_seconds, 3),
+        "search_seconds": round(time.perf_counter() - tick, 3),
+        "k": exact_rows.shape[1],
+        "recall_vs_exact": round(recall_against_exact(rows, exact_rows), 4),  # share of exact top-k found
+    }
+    logger.info("%s index: recall against exact search %s", settings.index_type, report)
+    return scores, rows, report
 
 
 def _check_modes(modes: tuple[str, ...] | None, model: SBMoEModel) -> tuple[str | None, ...]:

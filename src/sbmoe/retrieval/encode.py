@@ -26,6 +26,7 @@ from sbmoe.modeling.moe import routing_keys
 logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
+CHUNK_SIZE = 4096  # texts tokenised and sorted by length at a time: bounds memory on any corpus
 
 
 def default_device() -> torch.device:
@@ -42,14 +43,38 @@ def encode_pooled(
     batch_size: int = 32,
     device: torch.device | None = None,
     progress: bool = True,
+    chunk_size: int = CHUNK_SIZE,
 ) -> np.ndarray:
     """Encode `texts` ("query" or "document" limits apply) into pooled vectors [N, H], float32.
 
-    Texts are tokenised once, then batched longest first so padding is small; rows come back in
-    the input order.
+    Texts go through in chunks of `chunk_size` (see `pool_chunk`); rows come back in the input order.
+    """
+    pooled = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    with tqdm(total=len(texts), desc=f"Encoding {kind}s", unit=kind[:3], disable=not progress) as bar:
+        for start in range(0, len(texts), chunk_size):
+            chunk = texts[start : start + chunk_size]
+            pooled[start : start + len(chunk)], _ = pool_chunk(
+                model, tokenizer, chunk, kind, batch_size=batch_size, device=device, bar=bar
+            )
+    return pooled
+
+
+def pool_chunk(
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    kind: str,
+    *,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    bar: tqdm | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pooled vectors [n, H] float32 and routing keys [n] of a chunk of texts, in input order.
+
+    The chunk is tokenised once, then batched longest first so padding is small. A chunk's result
+    depends only on its texts, which is what makes sharded encoding equal to one pass.
     """
     device = device or next(model.parameters()).device
-    hidden = model.config.hidden_size
     token_ids = tokenizer(
         list(texts),
         truncation=True,
@@ -58,21 +83,21 @@ def encode_pooled(
         return_token_type_ids=False,
     )["input_ids"]
     order = np.argsort([-len(ids) for ids in token_ids], kind="stable")
-    pooled = np.empty((len(texts), hidden), dtype=np.float32)
+    pooled = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    keys = np.empty(len(texts), dtype=np.int64)
     was_training = model.training
     model.eval()
-    with (
-        torch.inference_mode(),
-        tqdm(total=len(texts), desc=f"Encoding {kind}s", unit=kind[:3], disable=not progress) as bar,
-    ):
+    with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
             batch = tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
-            vectors = model.pool(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # [b, H]
-            pooled[rows] = vectors.float().cpu().numpy()
-            bar.update(len(rows))
+            input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+            pooled[rows] = model.pool(input_ids, attention_mask).float().cpu().numpy()  # [b, H]
+            keys[rows] = routing_keys(input_ids, attention_mask).cpu().numpy()
+            if bar is not None:
+                bar.update(len(rows))
     model.train(was_training)
-    return pooled
+    return pooled, keys
 
 
 def apply_head(

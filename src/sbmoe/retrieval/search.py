@@ -98,8 +98,8 @@ def search(
 
 
 def to_run(query_ids: Sequence[str], doc_ids: Sequence[str], scores: np.ndarray, indices: np.ndarray) -> Run:
-    """Search results -> {query id: {doc id: score}}."""
+    """Search results -> {query id: {doc id: score}}; rows of -1 (no hit, from an ANN index) are skipped."""
     return {
-        query_id: {doc_ids[i]: float(s) for s, i in zip(row_scores, row_indices, strict=True)}
+        query_id: {doc_ids[i]: float(s) for s, i in zip(row_scores, row_indices, strict=True) if i >= 0}
         for query_id, row_scores, row_indices in zip(query_ids, scores, indices, strict=True)
     }
