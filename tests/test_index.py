@@ -19,7 +19,7 @@ from sbmoe.cli import main
 from sbmoe.data.synthetic import synthetic_vectors, write_synthetic_collection
 from sbmoe.errors import SbmoeError
 from sbmoe.modeling import load_model
-from sbmoe.retrieval.ann import ann_search, ann_settings, build_ann_index, recall_against_exact
+from sbmoe.retrieval.ann import ann_search, ann_settings, build_ann_index, recall_against_exact, rescore
 from sbmoe.retrieval.index import Index, encode_shard, merge_shards, shard_rows
 from sbmoe.retrieval.search import exact_search
 from sbmoe.retrieval.trec import read_trec_run
@@ -167,11 +167,33 @@ def test_hnsw_and_ivfpq_find_most_exact_neighbours():
     _, exact = exact_search(queries, vectors, 10)
     recalls = {}
     for kind, overrides in (("hnsw", {}), ("ivfpq", {"pq_m": 8, "nprobe": 8})):
-        index = build_ann_index(vectors, kind, ann_settings(kind, 5000, 32, **overrides))
+        settings = ann_settings(kind, 5000, 32, **overrides)
+        index = build_ann_index(vectors, kind, settings)
         _, rows = ann_search(index, queries, 10, batch_size=16)
         recalls[kind] = recall_against_exact(rows, exact)
+        if kind == "ivfpq":
+            _, rows = ann_search(
+                index, queries, 10, embeddings=vectors, refine=settings["refine"], batch_size=16
+            )
+            recalls["ivfpq-refined"] = recall_against_exact(rows, exact)
     assert recalls["hnsw"] >= 0.95, recalls
     assert recalls["ivfpq"] >= 0.4, recalls
+    assert recalls["ivfpq-refined"] >= max(0.9, recalls["ivfpq"]), recalls
+
+
+def test_rescore_keeps_the_best_candidates_by_exact_score():
+    rng = np.random.default_rng(0)
+    embeddings = rng.standard_normal((40, 8)).astype(np.float32)
+    queries = rng.standard_normal((3, 8)).astype(np.float32)
+    candidates = np.array([[5, 9, 1, 30, -1], [0, 1, 2, 3, 4], [7, -1, -1, -1, -1]])
+    scores, rows = rescore(queries, candidates, embeddings, k=2, block=2)
+    for q, found in enumerate(candidates):
+        found = found[found >= 0]
+        exact = embeddings[found] @ queries[q]
+        best = found[np.argsort(-exact)][:2]
+        assert rows[q][rows[q] >= 0].tolist() == best.tolist()
+        np.testing.assert_allclose(scores[q][: len(best)], np.sort(exact)[::-1][:2], rtol=1e-5)
+    assert rows[2, 1] == -1  # one candidate only: the second hit is empty
 
 
 def test_recall_against_exact_counts_shared_rows():
@@ -266,6 +288,8 @@ def test_hnsw_index_via_cli_and_ivfpq_too_small(moe_model, corpus, tmp_path, cap
     assert not (tmp_path / "pq").exists()  # the failed index leaves nothing behind
     assert main([*args, "--output", str(tmp_path / "x"), "--nprobe", "4"]) == 2
     assert "--nprobe applies to --index-type ivfpq" in capsys.readouterr().err
+    assert main(["search", "--index", str(out), "gene", "--nprobe", "4"]) == 2
+    assert "is an hnsw index; --nprobe does not apply" in capsys.readouterr().err
 
 
 def test_bad_input_gets_a_message_and_exit_2(moe_model, corpus, tmp_path, capsys):

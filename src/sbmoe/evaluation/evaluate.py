@@ -213,7 +213,9 @@ def _approximate_search(
     index = build_ann_index(doc_embeddings, settings.index_type, ann)
     build_seconds = time.perf_counter() - tick
     tick = time.perf_counter()
-    scores, rows = ann_search(index, query_embeddings, k)
+    scores, rows = ann_search(
+        index, query_embeddings, k, embeddings=doc_embeddings, refine=ann.get("refine", 0)
+    )
     report = {
         "type": settings.index_type,
         "settings": ann,

@@ -22,7 +22,9 @@ INDEX_TYPES = ("exact", "hnsw", "ivfpq")
 ANN_DEFAULTS: dict[str, dict[str, Any]] = {
     "hnsw": {"m": 32, "ef_construction": 100, "ef_search": 128},
     # nlist and pq_m depend on the corpus: None means "chosen from N and the dimension" (see below).
-    "ivfpq": {"nlist": None, "pq_m": None, "nbits": 8, "nprobe": 16, "train_size": None},
+    # refine R: the top R x k by the compressed codes are re-scored exactly from the stored embeddings
+    # (read from the memory map, so the index itself stays small); 0 turns it off.
+    "ivfpq": {"nlist": None, "pq_m": None, "nbits": 8, "nprobe": 16, "train_size": None, "refine": 4},
 }
 ADD_BATCH = 65_536  # vectors added to a faiss index at a time: bounds the float32 copy of a memory map
 
@@ -59,7 +61,7 @@ def ann_settings(index_type: str, num_vectors: int, dim: int, **overrides: Any) 
             )
         _check_ivfpq(settings, num_vectors, dim)
     for key, value in settings.items():
-        if not isinstance(value, int) or value < 1:
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "refine" else 1):
             raise SbmoeError(f"{index_type} setting {key} must be a positive integer, got {value!r}")
     return settings
 
@@ -110,19 +112,51 @@ def set_search_settings(index, index_type: str, settings: dict[str, Any]) -> Non
 
 
 def ann_search(
-    index, queries: np.ndarray, k: int, *, batch_size: int = 4096
+    index,
+    queries: np.ndarray,
+    k: int,
+    *,
+    embeddings: np.ndarray | None = None,
+    refine: int = 0,
+    batch_size: int = 4096,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k rows by (approximate) inner product: scores [Q, k] float32, rows [Q, k] int64, best first.
 
-    Queries go in batches, so memory is bounded by batch_size x k. Rows are -1 where the index found
-    fewer than k hits (IVF with few probed lists).
+    With `refine` R > 0 and the corpus `embeddings` [N, H] (a memory map is fine), the index's top R x k
+    are re-scored exactly and the best k kept. Queries go in batches, so memory is bounded by
+    batch_size x R x k. Rows are -1 where the index found fewer than k hits (IVF with few probed lists).
     """
     k = min(k, index.ntotal)
+    fetch = min(k * refine, index.ntotal) if refine and embeddings is not None else k
     scores = np.empty((len(queries), k), dtype=np.float32)
     rows = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), batch_size):
         batch = np.ascontiguousarray(queries[start : start + batch_size], dtype=np.float32)
-        scores[start : start + len(batch)], rows[start : start + len(batch)] = index.search(batch, k)
+        found_scores, found_rows = index.search(batch, fetch)
+        if fetch > k:
+            found_scores, found_rows = rescore(batch, found_rows, embeddings, k)
+        scores[start : start + len(batch)], rows[start : start + len(batch)] = found_scores, found_rows
+    return scores, rows
+
+
+def rescore(
+    queries: np.ndarray, candidates: np.ndarray, embeddings: np.ndarray, k: int, block: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact scores of candidate rows [Q, C] (-1 = none) -> the best k: scores [Q, k], rows [Q, k]."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    for start in range(0, len(queries), block):
+        part = candidates[start : start + block]
+        wanted = np.unique(part[part >= 0])  # sorted: the memory map is read in file order
+        vectors = np.asarray(embeddings[wanted], dtype=np.float32)  # [u, H]
+        position = np.searchsorted(wanted, np.maximum(part, 0))  # [b, C]
+        exact = np.einsum("bch,bh->bc", vectors[position], queries[start : start + block])
+        exact[part < 0] = -np.inf
+        best = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+        scores[start : start + len(part)] = np.take_along_axis(exact, best, axis=1)
+        rows[start : start + len(part)] = np.where(
+            np.isfinite(scores[start : start + len(part)]), np.take_along_axis(part, best, axis=1), -1
+        )
     return scores, rows
 
 

@@ -24,6 +24,7 @@ ANN_FLAGS = {  # flag destination -> (index type, setting name)
     "pq_m": ("ivfpq", "pq_m"),
     "nbits": ("ivfpq", "nbits"),
     "nprobe": ("ivfpq", "nprobe"),
+    "refine": ("ivfpq", "refine"),
 }
 
 
@@ -59,6 +60,11 @@ def add_index_type_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--nbits", type=int, help="ivfpq: bits per sub-quantizer code (default 8)")
     group.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default 16)")
+    group.add_argument(
+        "--refine",
+        type=int,
+        help="ivfpq: re-score the top R x k exactly from the embeddings (default 4; 0: off)",
+    )
 
 
 def ann_overrides(args: argparse.Namespace, index_type: str) -> dict[str, Any]:
@@ -71,7 +77,7 @@ def ann_overrides(args: argparse.Namespace, index_type: str) -> dict[str, Any]:
         flag = "--" + dest.replace("_", "-")
         if flag_type != index_type:
             raise SbmoeError(f"{flag} applies to --index-type {flag_type}, not {index_type}")
-        if value < 1:
+        if value < (0 if setting == "refine" else 1):
             raise SbmoeError(f"{flag} must be a positive integer, got {value}")
         overrides[setting] = value
     return overrides
@@ -253,6 +259,7 @@ def add_search_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="the index's model, if it moved since the index was built")
     parser.add_argument("--ef-search", type=int, help="hnsw: search-time beam")
     parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query")
+    parser.add_argument("--refine", type=int, help="ivfpq: candidates re-scored exactly, as a multiple of k")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.set_defaults(handler=_run_search)
 
@@ -271,7 +278,8 @@ def _run_search(args: argparse.Namespace) -> int:
     if args.top_k is not None and args.top_k < 1:
         raise SbmoeError(f"--top-k must be at least 1, got {args.top_k}")
     queries = load_query_file(args.queries) if args.queries else {"query": args.query}
-    index = Index.open(args.index, {"ef_search": args.ef_search, "nprobe": args.nprobe})
+    overrides = {"ef_search": args.ef_search, "nprobe": args.nprobe, "refine": args.refine}
+    index = Index.open(args.index, overrides)
     model, tokenizer = index.load_model(args.model)
     embeddings, experts = index.encode_queries(model, tokenizer, list(queries.values()), args.batch_size)
     k = args.top_k or (100 if args.queries else 10)

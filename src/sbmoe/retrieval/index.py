@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -233,33 +233,23 @@ def merge_shards(
     shards = _read_shards(output_dir)
     first = shards[0][1]
     num_documents, dim = first["num_documents"], first["dim"]
+    ann = None  # checked before any work
+    if index_type != "exact":
+        ann = ann_settings(index_type, num_documents, dim, **(ann_overrides or {}))
+    for folder, info in shards:
+        _check_rows(folder, info)
 
     staging = Path(tempfile.mkdtemp(prefix=".merge.", dir=output_dir))
     try:
-        embeddings = np.lib.format.open_memmap(
-            staging / "embeddings.npy", "w+", np.float32, (num_documents, dim)
-        )
-        experts = None
-        if first["num_experts"] is not None:
-            experts = np.lib.format.open_memmap(staging / "experts.npy", "w+", np.int32, (num_documents,))
-        seen: dict[str, str] = {}
-        with open(staging / "documents.jsonl", "w", encoding="utf-8") as listing:
-            for folder, info in tqdm(shards, desc="Merging shards", unit="shard", disable=not progress):
-                part = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
-                _check_rows(folder, info, len(part))
-                for start in range(0, len(part), CHUNK_SIZE * 16):  # bounded copies
-                    block = part[start : start + CHUNK_SIZE * 16]
-                    embeddings[info["start"] + start : info["start"] + start + len(block)] = block
-                if experts is not None:
-                    experts[info["start"] : info["stop"]] = np.load(
-                        folder / "experts.npy", allow_pickle=False
-                    )
-                _copy_listing(folder, info, listing, seen)
-        embeddings.flush()
-        del embeddings, experts
+        if len(shards) == 1 and not keep_shards:  # the one shard is the index: move, do not copy
+            for item in shards[0][0].iterdir():
+                if item.name != SHARD_FILE:
+                    os.replace(item, staging / item.name)
+        else:
+            _copy_shards(shards, staging, progress)
         summary = _index_info(first, num_documents, len(shards))
-        if index_type != "exact":
-            summary.update(_build_ann(staging, index_type, ann_overrides or {}, num_documents, dim))
+        if ann is not None:
+            summary.update(_build_ann(staging, index_type, ann))
         write_json(staging / INDEX_FILE, summary)
         for item in staging.iterdir():  # index.json last: its presence marks a complete index
             if item.name != INDEX_FILE:
@@ -270,6 +260,36 @@ def merge_shards(
     if not keep_shards:
         shutil.rmtree(output_dir / SHARDS_DIR, ignore_errors=True)
     return summary
+
+
+def _copy_shards(shards: list[tuple[Path, dict[str, Any]]], staging: Path, progress: bool) -> None:
+    """Concatenate the shards' files into `staging`, refusing a document id found in two shards."""
+    first = shards[0][1]
+    shape = (first["num_documents"], first["dim"])
+    embeddings = np.lib.format.open_memmap(staging / "embeddings.npy", "w+", np.float32, shape)
+    experts = None
+    if first["num_experts"] is not None:
+        experts = np.lib.format.open_memmap(staging / "experts.npy", "w+", np.int32, shape[:1])
+    seen: dict[str, str] = {}
+    with open(staging / "documents.jsonl", "w", encoding="utf-8") as listing:
+        for folder, info in tqdm(shards, desc="Merging shards", unit="shard", disable=not progress):
+            part = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
+            for start in range(0, len(part), CHUNK_SIZE * 16):  # bounded copies
+                block = part[start : start + CHUNK_SIZE * 16]
+                embeddings[info["start"] + start : info["start"] + start + len(block)] = block
+            del part
+            if experts is not None:
+                experts[info["start"] : info["stop"]] = np.load(folder / "experts.npy", allow_pickle=False)
+            with open(folder / "documents.jsonl", encoding="utf-8") as handle:
+                for line in handle:
+                    doc_id = json.loads(line)["_id"]
+                    if doc_id in seen:
+                        raise SbmoeError(
+                            f"document {doc_id!r} is in two shards: {seen[doc_id]} and {folder.name}"
+                        )
+                    seen[doc_id] = folder.name
+                    listing.write(line)
+    embeddings.flush()
 
 
 def _read_shards(output_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -283,11 +303,11 @@ def _read_shards(output_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     shards = [(folder, _read_json(folder / SHARD_FILE)) for folder in folders]
     reference_folder, reference = shards[0]
     for folder, info in shards[1:]:
-        for field in SHARED_FIELDS:
-            if info.get(field) != reference.get(field):
+        for name in SHARED_FIELDS:
+            if info.get(name) != reference.get(name):
                 raise SbmoeError(
-                    f"shards of different encodings: {folder} has {field} {info.get(field)!r}, "
-                    f"{reference_folder} has {reference.get(field)!r}"
+                    f"shards of different encodings: {folder} has {name} {info.get(name)!r}, "
+                    f"{reference_folder} has {reference.get(name)!r}"
                 )
     by_index: dict[int, list[Path]] = {}
     for folder, info in shards:
@@ -310,29 +330,17 @@ def _read_shards(output_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return sorted(shards, key=lambda shard: shard[1]["shard_index"])
 
 
-def _check_rows(folder: Path, info: dict[str, Any], rows: int) -> None:
+def _check_rows(folder: Path, info: dict[str, Any]) -> None:
+    """A shard holds exactly its rows: in shard.json, embeddings.npy and documents.jsonl."""
     expected = shard_rows(info["num_documents"], info["num_shards"], info["shard_index"], info["chunk_size"])
-    if (info["start"], info["stop"]) != (expected.start, expected.stop) or rows != len(expected):
+    rows = len(np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False))
+    with open(folder / "documents.jsonl", "rb") as handle:
+        listed = sum(1 for _ in handle)
+    claimed = range(info["start"], info["stop"])
+    if claimed != expected or not rows == listed == len(expected):
         raise SbmoeError(
-            f"{folder}: holds rows {info['start']}..{info['stop']} ({rows} embeddings), expected "
-            f"{expected.start}..{expected.stop}; encode this shard again"
-        )
-
-
-def _copy_listing(folder: Path, info: dict[str, Any], listing, seen: dict[str, str]) -> None:
-    """Append a shard's documents.jsonl to the merged one, refusing an id already seen in another shard."""
-    count = 0
-    with open(folder / "documents.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            doc_id = json.loads(line)["_id"]
-            if doc_id in seen:
-                raise SbmoeError(f"document {doc_id!r} is in two shards: {seen[doc_id]} and {folder.name}")
-            seen[doc_id] = folder.name
-            listing.write(line)
-            count += 1
-    if count != info["stop"] - info["start"]:
-        raise SbmoeError(
-            f"{folder}: documents.jsonl lists {count} documents, expected {info['stop'] - info['start']}"
+            f"{folder}: holds rows {info['start']}..{info['stop']} ({rows} embeddings, {listed} documents), "
+            f"expected {expected.start}..{expected.stop}; encode this shard again"
         )
 
 
@@ -353,13 +361,10 @@ def _index_info(shard: dict[str, Any], num_documents: int, num_shards: int) -> d
     }
 
 
-def _build_ann(
-    folder: Path, index_type: str, overrides: dict[str, Any], num_documents: int, dim: int
-) -> dict[str, Any]:
-    settings = ann_settings(index_type, num_documents, dim, **overrides)
+def _build_ann(folder: Path, index_type: str, settings: dict[str, Any]) -> dict[str, Any]:
     embeddings = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
     tick = time.perf_counter()
-    logger.info("building a %s index over %d vectors (%s)", index_type, num_documents, settings)
+    logger.info("building a %s index over %d vectors (%s)", index_type, len(embeddings), settings)
     index = build_ann_index(embeddings, index_type, settings)
     save_ann_index(index, folder / ANN_FILE)
     return {"type": index_type, "settings": settings, "build_seconds": round(time.perf_counter() - tick, 3)}
@@ -380,10 +385,11 @@ class Index:
     embeddings: np.ndarray
     experts: np.ndarray | None
     ann: Any = None
+    settings: dict[str, Any] = field(default_factory=dict)  # of the ANN index, search overrides applied
 
     @classmethod
     def open(cls, path: str | Path, search_overrides: dict[str, Any] | None = None) -> Index:
-        """Open an index folder; `search_overrides` (ef_search, nprobe) change an ANN index's search."""
+        """Open an index folder; `search_overrides` (ef_search, nprobe, refine) change an ANN search."""
         path = Path(path)
         if not (path / INDEX_FILE).is_file():
             hint = (
@@ -403,9 +409,8 @@ class Index:
                 ids.append(record["_id"])
                 titles.append(record["title"])
                 previews.append(record["preview"])
-        embeddings = np.load(
-            path / "embeddings.npy", mmap_mode="c", allow_pickle=False
-        )  # writable view, never written
+        # Copy-on-write: a writable view (torch wants one) that is never written.
+        embeddings = np.load(path / "embeddings.npy", mmap_mode="c", allow_pickle=False)
         experts_path = path / "experts.npy"
         experts = np.load(experts_path, allow_pickle=False) if experts_path.exists() else None
         if len(ids) != info["num_documents"] or embeddings.shape != (info["num_documents"], info["dim"]):
@@ -413,20 +418,22 @@ class Index:
                 f"{path}: documents.jsonl or embeddings.npy does not match {INDEX_FILE}; rebuild the index"
             )
         index = cls(path, info, ids, titles, previews, embeddings, experts)
+        overrides = {key: value for key, value in (search_overrides or {}).items() if value is not None}
+        foreign = sorted(set(overrides) - set(info["settings"]))
+        if foreign:
+            flags = ", ".join("--" + key.replace("_", "-") for key in foreign)
+            verb = "does" if len(foreign) == 1 else "do"
+            raise SbmoeError(f"{path} is an {info['type']} index; {flags} {verb} not apply to it")
         if info["type"] != "exact":
-            settings = {
-                **info["settings"],
-                **{k: v for k, v in (search_overrides or {}).items() if v is not None},
-            }
-            index.ann = load_ann_index(path / ANN_FILE, info["type"], settings)
-        elif any(v is not None for v in (search_overrides or {}).values()):
-            raise SbmoeError(f"{path} is an exact index; --ef-search and --nprobe apply to hnsw and ivfpq")
+            index.settings = {**info["settings"], **overrides}
+            index.ann = load_ann_index(path / ANN_FILE, info["type"], index.settings)
         return index
 
     def search(self, query_embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows for each query: scores [Q, k], rows [Q, k] (-1 where an ANN index found fewer)."""
         if self.ann is not None:
-            return ann_search(self.ann, query_embeddings, k)
+            refine = self.settings.get("refine", 0)
+            return ann_search(self.ann, query_embeddings, k, embeddings=self.embeddings, refine=refine)
         return exact_search(query_embeddings, self.embeddings, k)
 
     def load_model(self, override: str | None = None) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
