@@ -404,6 +404,7 @@ def _configure_logging(verbose: bool) -> None:
     )
     import transformers
 
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it chose
     # The library's load reports and weight-loading bars are noise for a CLI user.
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()

@@ -16,6 +16,7 @@ from typing import Any
 
 from sbmoe.errors import SbmoeError
 
+TITLE_WIDTH = 80  # characters of a title (or of the text's start) printed per hit
 ANN_FLAGS = {  # flag destination -> (index type, setting name)
     "hnsw_m": ("hnsw", "m"),
     "ef_construction": ("hnsw", "ef_construction"),
@@ -282,7 +283,7 @@ def _run_search(args: argparse.Namespace) -> int:
     index = Index.open(args.index, overrides)
     model, tokenizer = index.load_model(args.model)
     embeddings, experts = index.encode_queries(model, tokenizer, list(queries.values()), args.batch_size)
-    k = args.top_k or (100 if args.queries else 10)
+    k = min(args.top_k or (100 if args.queries else 10), len(index.ids))
     scores, rows = index.search(embeddings, k)
     if args.queries:
         run = {
@@ -307,5 +308,6 @@ def _run_search(args: argparse.Namespace) -> int:
         if row < 0:
             break
         label = index.titles[row] or index.previews[row]
+        label = label if len(label) <= TITLE_WIDTH else label[: TITLE_WIDTH - 3].rstrip() + "..."
         print(f"{rank:>4}  {score:7.4f}  {index.ids[row]:<20} {label}")
     return 0
