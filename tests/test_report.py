@@ -16,6 +16,7 @@ from sbmoe.experiments.report import (
     SystemRow,
     add_report_parser,
     build_report,
+    compare_systems,
     load_results,
     write_report,
 )
@@ -298,3 +299,19 @@ def test_cli_handler(experiment, capsys):
     assert "2 of 7 comparisons significant" in out
     assert str(experiment / "report" / "report.md") in out
     assert (experiment / "report" / "experts.png").is_file()
+
+
+def test_head_to_head_comparison(tmp_path, monkeypatch):
+    faithful = {"scifact": ZERO, "arguana": SWING}  # learned: NOISE + 0.10 on scifact, SWING on arguana
+    monkeypatch.setitem(PLAN, ("sbmoe-faithful", 6, "top1", (1, 2)), faithful)
+    folder = make_experiment(tmp_path / "exp")
+    text = compare_systems(folder, "sbmoe-learned", "sbmoe-faithful", metrics=["ndcg@10"])
+    rows = {line.split("|")[2].strip(): line for line in text.splitlines() if line.startswith("| scifact |")}
+    assert set(rows) == {"scifact", "arguana"}  # N=3 has no faithful counterpart; nfcorpus neither
+    learned = [b + s for b, s in zip(BASE, NOISE, strict=True)]
+    expected = min(1.0, 2 * stats.ttest_rel([v + 0.10 for v in learned], BASE).pvalue)  # m = 2 cells
+    assert f"| {expected:.3g} |" in rows["scifact"] and "†" in rows["scifact"]
+    assert rows["arguana"].rstrip().endswith("| 1 |")  # identical per-query values
+    assert "SB-MoE learned higher in 1 of 2 cells (1 significantly)" in text
+    with pytest.raises(SbmoeError, match="no collection, N and mode where both"):
+        compare_systems(folder, "sbmoe-learned", "random-gate")

@@ -911,6 +911,75 @@ def write_report(report: Report, output: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
+def compare_systems(
+    folder: Path,
+    system_a: str,
+    system_b: str,
+    *,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    test: str = "t-test",
+    alpha: float = 0.05,
+) -> str:
+    """Head to head: `system_a` against `system_b` wherever both ran with the same training collection,
+    number of experts and mode, on every test collection. Markdown: one line per such cell and metric
+    (means over seeds, the paired test on per-query values averaged over seeds, Bonferroni-corrected over
+    the cells of that metric), then per metric how many cells each system wins and how many significantly.
+    """
+    folder = Path(folder)
+    results = _deduplicate(load_results(folder))
+    per_query = _PerQuery(folder)
+    cells = []
+    for key, rows in sorted(_group(results).items(), key=lambda item: _group_order(item[0], "")):
+        for row_a, records_a in sorted(rows.items(), key=lambda item: item[0].sort_key()):
+            records_b = rows.get(SystemRow(system_b, row_a.num_experts, row_a.mode))
+            if row_a.system != system_a or not records_b:
+                continue
+            for metric in metrics:
+                values_a = _per_query_mean(records_a, metric, per_query)
+                values_b = _per_query_mean(records_b, metric, per_query)
+                shared = sorted(set(values_a) & set(values_b))
+                p_value = TESTS[test]([values_a[q] for q in shared], [values_b[q] for q in shared])
+                mean_a = statistics.fmean(_metric_values(records_a, metric))
+                mean_b = statistics.fmean(_metric_values(records_b, metric))
+                cells.append((key, row_a, metric, mean_a, mean_b, p_value))
+    if not cells:
+        raise SbmoeError(f"{folder}: no collection, N and mode where both {system_a} and {system_b} ran")
+    adjusted = {}
+    for metric in metrics:
+        indices = [i for i, cell in enumerate(cells) if cell[2] == metric]
+        adjusted.update(zip(indices, bonferroni([cells[i][5] for i in indices]), strict=True))
+    label_a, label_b = (SYSTEM_LABELS.get(name, name) for name in (system_a, system_b))
+    lines = [
+        f"# {label_a} vs {label_b}",
+        "",
+        f"Means over seeds; Δ% = ({label_a} - {label_b}) / {label_b}; {MARKER} = Bonferroni-corrected "
+        f"p < {alpha:g} ({TEST_NAMES[test]} on per-query values averaged over seeds; m = the cells of "
+        "each metric).",
+        "",
+        f"| trained on | tested on | N | mode | metric | {label_a} | {label_b} | Δ% | p (corrected) |",
+        "|---|---|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for i, (key, row, metric, mean_a, mean_b, _) in enumerate(cells):
+        mark = MARKER if adjusted[i] < alpha else ""
+        delta = 100 * (mean_a - mean_b) / mean_b if mean_b else float("nan")
+        lines.append(
+            f"| {key[0]} | {key[2]} | {row.num_experts} | {mode_label(row.mode) if row.mode else '-'} "
+            f"| {metric_label(metric)} | {mean_a:.4f} | {mean_b:.4f} | {delta:+.2f}%{mark} "
+            f"| {adjusted[i]:.3g} |"
+        )
+    lines.append("")
+    for metric in metrics:
+        mine = [(c, adjusted[i]) for i, c in enumerate(cells) if c[2] == metric]
+        wins_a = [p for c, p in mine if c[3] > c[4]]
+        wins_b = [p for c, p in mine if c[4] > c[3]]
+        lines.append(
+            f"- {metric_label(metric)}: {label_a} higher in {len(wins_a)} of {len(mine)} cells "
+            f"({sum(p < alpha for p in wins_a)} significantly), {label_b} higher in {len(wins_b)} "
+            f"({sum(p < alpha for p in wins_b)} significantly)."
+        )
+    return "\n".join(lines) + "\n"
+
+
 def add_report_parser(commands: argparse._SubParsersAction) -> None:
     """`sbmoe report DIR`: tables, significance tests and the experts figure of an experiment folder."""
     parser = commands.add_parser(
@@ -932,6 +1001,13 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
         default=",".join(DEFAULT_METRICS),
         help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)})",
     )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="also compare two systems head to head (e.g. sbmoe-learned sbmoe-faithful) at every "
+        "collection, N and mode: writes compare-A-vs-B.md",
+    )
     parser.set_defaults(handler=run_report)
 
 
@@ -944,14 +1020,23 @@ def run_report(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise SbmoeError(str(error)) from error
-    paths = write_report(report, args.output if args.output is not None else Path(args.dir) / "report")
+    output = args.output if args.output is not None else Path(args.dir) / "report"
+    paths = write_report(report, output)
     print(report.markdown)
+    if args.compare:
+        system_a, system_b = args.compare
+        comparison = compare_systems(
+            args.dir, system_a, system_b, metrics=metrics, test=args.test, alpha=args.alpha
+        )
+        paths["comparison"] = output / f"compare-{system_a}-vs-{system_b}.md"
+        atomic_write_text(paths["comparison"], comparison)
+        print(comparison)
     print("wrote " + ", ".join(str(path) for path in paths.values()))
     return 0
 
 
 __all__ = [
     "Cell", "FigurePanel", "GroupTable", "Report", "SystemRow", "TableRow", "ZeroShotRow", "ZeroShotTable",
-    "add_report_parser", "build_report", "load_results", "metric_label", "render_figure", "run_report",
-    "write_report",
+    "add_report_parser", "build_report", "compare_systems", "load_results", "metric_label", "render_figure",
+    "run_report", "write_report",
 ]  # fmt: skip
