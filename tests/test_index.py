@@ -381,3 +381,10 @@ def test_synthetic_vectors_are_unit_norm_and_streamed_to_disk(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(in_memory, axis=1), 1.0, atol=1e-5)
     assert np.array_equal(in_memory, np.load(tmp_path / "v.npy"))
     assert isinstance(on_disk, np.memmap)
+
+
+def test_an_impossible_mode_is_refused_before_encoding(moe_model, corpus, tmp_path, capsys):
+    args = ["index", "--model", str(moe_model), "--corpus", str(corpus), "--output", str(tmp_path / "m")]
+    assert main([*args, "--mode", "topk:7"]) == 2
+    assert "--mode topk:7" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

@@ -38,6 +38,7 @@ from sbmoe.errors import DataError, SbmoeError
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
+from sbmoe.modeling.moe import parse_mode
 from sbmoe.retrieval.ann import (
     INDEX_TYPES,
     ann_search,
@@ -116,6 +117,11 @@ def encode_shard(
     if mode is not None and model.moe is None:
         raise SbmoeError(f"--mode {mode}: this model has no MoE block, so it has no routing modes")
     mode = mode or (model.config.default_mode if model.moe is not None else None)
+    if mode is not None:
+        try:
+            parse_mode(mode, model.config.num_experts)
+        except ValueError as error:
+            raise SbmoeError(f"--mode {mode}: {error}") from error
     corpus_path = Path(corpus_path).resolve()
     num_documents = count_documents(corpus_path)
     rows = shard_rows(num_documents, num_shards, shard_index, chunk_size)
