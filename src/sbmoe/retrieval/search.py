@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -39,8 +40,13 @@ def exact_search(
     num_queries, num_docs = len(queries), len(corpus)
     k = min(k, num_docs)
     cells = max(max_score_bytes // 4, 1)
-    query_block = max(1, min(num_queries, 1024, cells // max(num_docs, 1)))
-    doc_block = max(k, min(num_docs, cells // query_block))
+    # Many queries per block, so that a large corpus is read as few times as possible; the documents go
+    # in equal blocks (a multiple of 256 rows) within the budget, their top-k merged. Measured on 1M x 384:
+    # 1.6x faster than one block spanning the corpus with fewer queries (BENCHMARKS.md).
+    query_block = max(1, min(num_queries, 1024, cells // max(k, 1)))
+    most = max(1, cells // query_block)
+    doc_block = math.ceil(num_docs / math.ceil(num_docs / most) / 256) * 256
+    doc_block = max(k, min(doc_block, most, num_docs))
     top_scores = np.empty((num_queries, k), dtype=np.float32)
     top_indices = np.empty((num_queries, k), dtype=np.int64)
     # One score buffer for every block: allocating 256 MiB per block costs ~6 % of the search time.
