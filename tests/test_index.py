@@ -388,3 +388,20 @@ def test_an_impossible_mode_is_refused_before_encoding(moe_model, corpus, tmp_pa
     assert main([*args, "--mode", "topk:7"]) == 2
     assert "--mode topk:7" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_encode_a_collection_in_two_shard_jobs_then_merge(moe_model, tiny_beir, tmp_path, capsys):
+    out = tmp_path / "idx"
+    args = ["encode", "--model", str(moe_model), "--dataset", str(tiny_beir), "--output", str(out)]
+    for shard in ("1", "0"):
+        assert (
+            main([*args, "--num-shards", "2", "--shard-index", shard, "--chunk-size", "3", "--no-progress"])
+            == 0
+        )
+    assert "2 of 2 written" in capsys.readouterr().out
+    assert main(["encode", "--merge", str(out), "--no-progress"]) == 0
+    assert "merged 2 shard(s): 8 documents" in capsys.readouterr().out
+    index = Index.open(out)
+    assert index.ids == ["d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8"] and index.titles[0] == "Gene study"
+    assert main(["encode", "--merge", str(out)]) == 2  # merged already: refused, nothing replaced
+    assert "already holds an index" in capsys.readouterr().err
