@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import proc_status_kib, set_openblas_threads
 
 METHODS = ("exact", "faiss-flat", "hnsw", "ivfpq")
 VECTORS_FILE = "vectors.npy"
@@ -102,15 +103,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def set_openblas_threads(args: argparse.Namespace) -> str:
-    """Set OPENBLAS_NUM_THREADS for faiss's bundled OpenBLAS; must run before `import faiss`."""
-    if args.faiss_openblas_threads is not None:
-        os.environ["OPENBLAS_NUM_THREADS"] = str(args.faiss_openblas_threads)
-    else:
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return os.environ["OPENBLAS_NUM_THREADS"]
-
-
 def vector_params(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "generator": "sbmoe.data.synthetic.synthetic_vectors, N + Q rows: corpus first, queries last",
@@ -151,15 +143,6 @@ def ensure_vectors(args: argparse.Namespace) -> tuple[Path, bool]:
     os.replace(partial, path)
     meta.write_text(json.dumps(params, indent=2) + "\n", encoding="utf-8")
     return path, False
-
-
-def proc_status_kib(field: str) -> int:
-    """A memory field of /proc/self/status in KiB (Linux): VmRSS (resident now), VmHWM (peak resident)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def search_settings(args: argparse.Namespace, method: str) -> tuple[dict[str, Any], list[dict[str, int]]]:

@@ -36,6 +36,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from _common import proc_status_kib
+
 METHODS = ("sbmoe", "sentence-transformers")
 HIDDEN = 384
 MAX_LENGTH = 32  # tokens per document: keeps the run short; what is held per document does not depend on it
@@ -49,14 +51,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the results as JSON")
     parser.add_argument("--child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     return parser.parse_args()
-
-
-def proc_status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def prepare(work: Path, sizes: list[int]) -> None:

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _common import proc_status_kib, set_openblas_threads
 
 TARGET_RATIO = 1.5  # sbmoe time over faiss time, at most
 METHODS = ("sbmoe", "faiss")
@@ -72,15 +73,6 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="also write results as JSON")
     return parser.parse_args()
-
-
-def set_openblas_threads(args: argparse.Namespace) -> str:
-    """Set OPENBLAS_NUM_THREADS for faiss's bundled OpenBLAS; must run before `import faiss`."""
-    if args.faiss_openblas_threads is not None:
-        os.environ["OPENBLAS_NUM_THREADS"] = str(args.faiss_openblas_threads)
-    else:
-        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-    return os.environ["OPENBLAS_NUM_THREADS"]
 
 
 def make_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
@@ -115,15 +107,6 @@ def faiss_search(queries: np.ndarray, corpus: np.ndarray, k: int) -> dict[str, A
 
 
 RUNNERS = {"sbmoe": sbmoe_search, "faiss": faiss_search}
-
-
-def proc_status_kib(field: str) -> int:
-    """A memory field of /proc/self/status in KiB (Linux): VmRSS (resident now), VmHWM (peak resident)."""
-    with open("/proc/self/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
 def measure_memory_child(args: argparse.Namespace) -> None:
