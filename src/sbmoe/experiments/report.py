@@ -871,7 +871,9 @@ def render_figure(panels: Sequence[FigurePanel]):
         ax.set_xticks(sorted(counts))
         ax.set_xlabel("number of experts N")
         ax.set_ylabel(f"{metric_label(panel.metric)} (mean of seeds, collections)")
-        ax.set_title(f"{metric_label(panel.metric)}: {panel.base}, trained on {panel.train_dataset}")
+        ax.set_title(
+            f"{metric_label(panel.metric)}: {panel.base}\ntrained on {panel.train_dataset}", fontsize="medium"
+        )
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize="small")
     figure.suptitle("In-domain effectiveness vs number of experts")
