@@ -104,6 +104,33 @@ def _load(model_name: str):
     return model, tokenizer
 
 
+def _encode_shard(
+    args: argparse.Namespace,
+    output: str | Path,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Load --model and encode shard `shard_index` of --corpus or --dataset into `output` (`encode_shard`)."""
+    from sbmoe.retrieval.index import encode_shard, model_reference
+
+    corpus = _corpus_path(args)
+    model, tokenizer = _load(args.model)
+    return encode_shard(
+        model,
+        tokenizer,
+        corpus,
+        output,
+        model_name=model_reference(args.model),
+        num_shards=num_shards,
+        shard_index=shard_index,
+        mode=args.mode,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        progress=progress and not args.no_progress,
+    )
+
+
 def _describe(info: dict[str, Any], output: str | Path) -> str:
     kind = info["type"] + (f" {info['settings']}" if info["settings"] else "")
     built = f", built in {info['build_seconds']:.1f} s" if "build_seconds" in info else ""
@@ -134,7 +161,7 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_encode(args: argparse.Namespace) -> int:
-    from sbmoe.retrieval.index import encode_shard, merge_shards, model_reference, shard_folder
+    from sbmoe.retrieval.index import merge_shards, shard_folder
     from sbmoe.training.distributed import barrier, init_distributed
 
     overrides = ann_overrides(args, args.index_type)
@@ -167,21 +194,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         if num_shards > 1 and args.shard_index is None:
             raise SbmoeError(f"--num-shards {num_shards} needs --shard-index (0..{num_shards - 1})")
         shard_index = args.shard_index or 0
-    corpus = _corpus_path(args)
-    model, tokenizer = _load(args.model)
-    folder = encode_shard(
-        model,
-        tokenizer,
-        corpus,
-        args.output,
-        model_name=model_reference(args.model),
-        num_shards=num_shards,
-        shard_index=shard_index,
-        mode=args.mode,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        progress=not args.no_progress and dist.is_main,
-    )
+    folder = _encode_shard(args, args.output, num_shards, shard_index, progress=dist.is_main)
     barrier(dist)
     if num_shards > 1 and not dist.enabled:
         written = sum(shard_folder(args.output, i, num_shards).is_dir() for i in range(num_shards))
@@ -215,25 +228,13 @@ def add_index_parser(commands: argparse._SubParsersAction) -> None:
 
 def _run_index(args: argparse.Namespace) -> int:
     from sbmoe.io import check_new_folder
-    from sbmoe.retrieval.index import encode_shard, merge_shards, model_reference
+    from sbmoe.retrieval.index import merge_shards
 
     output = check_new_folder(args.output)
     overrides = ann_overrides(args, args.index_type)
-    corpus = _corpus_path(args)
-    model, tokenizer = _load(args.model)
     created = not output.exists()
     try:
-        encode_shard(
-            model,
-            tokenizer,
-            corpus,
-            output,
-            model_name=model_reference(args.model),
-            mode=args.mode,
-            batch_size=args.batch_size,
-            chunk_size=args.chunk_size,
-            progress=not args.no_progress,
-        )
+        _encode_shard(args, output)
         info = merge_shards(output, index_type=args.index_type, ann_overrides=overrides, progress=False)
     except BaseException:
         if created:  # the folder is ours and incomplete
@@ -266,8 +267,10 @@ def add_search_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_search(args: argparse.Namespace) -> int:
+    from sbmoe.analysis.routing import expert_counts
     from sbmoe.data import load_query_file
     from sbmoe.retrieval.index import Index
+    from sbmoe.retrieval.search import to_run
     from sbmoe.retrieval.trec import write_trec_run
 
     if (args.query is None) == (args.queries is None):
@@ -286,15 +289,11 @@ def _run_search(args: argparse.Namespace) -> int:
     k = min(args.top_k or (100 if args.queries else 10), len(index.ids))
     scores, rows = index.search(embeddings, k)
     if args.queries:
-        run = {
-            query_id: {index.ids[r]: float(s) for s, r in zip(row_scores, row_ids, strict=True) if r >= 0}
-            for query_id, row_scores, row_ids in zip(queries, scores, rows, strict=True)
-        }
+        run = to_run(list(queries), index.ids, scores, rows)
         write_trec_run(run, args.output, tag=Path(args.index).name or "sbmoe")
         routed = ""
         if experts is not None:
-            counts = [int((experts == e).sum()) for e in range(index.info["num_experts"])]
-            routed = f"; queries per expert: {counts}"
+            routed = f"; queries per expert: {expert_counts(experts, index.info['num_experts'])}"
         print(f"wrote {len(run)} queries x {k} hits to {args.output}{routed}")
         return 0
     routed = (

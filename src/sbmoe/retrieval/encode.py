@@ -100,6 +100,24 @@ def pool_chunk(
     return pooled, keys
 
 
+def embed_chunk(
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    kind: str,
+    mode: str | None = None,
+    *,
+    batch_size: int = 32,
+    device: torch.device | None = None,
+    bar: tqdm | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The scored embeddings [n, H] of a chunk of texts under routing `mode`, and each text's top expert
+    [n] (None without an MoE block): `pool_chunk`, then `apply_head` (with the texts' own routing keys
+    for the "random" mode)."""
+    pooled, keys = pool_chunk(model, tokenizer, texts, kind, batch_size=batch_size, device=device, bar=bar)
+    return apply_head(model, pooled, mode, keys if mode == "random" else None)
+
+
 def apply_head(
     model: SBMoEModel,
     pooled: np.ndarray,

@@ -47,7 +47,7 @@ from sbmoe.retrieval.ann import (
     load_ann_index,
     save_ann_index,
 )
-from sbmoe.retrieval.encode import CHUNK_SIZE, apply_head, model_fingerprint, pool_chunk
+from sbmoe.retrieval.encode import CHUNK_SIZE, embed_chunk, model_fingerprint
 from sbmoe.retrieval.search import exact_search
 
 logger = logging.getLogger(__name__)
@@ -194,10 +194,9 @@ def _encode_rows(
         written = 0
         for chunk in _batches(documents, chunk_size):
             texts = [document_text(title, text) for _, title, text in chunk]
-            pooled, keys = pool_chunk(
-                model, tokenizer, texts, "document", batch_size=batch_size, device=device, bar=bar
+            vectors, chosen = embed_chunk(
+                model, tokenizer, texts, "document", mode, batch_size=batch_size, device=device, bar=bar
             )
-            vectors, chosen = apply_head(model, pooled, mode, keys if mode == "random" else None)
             embeddings[written : written + len(chunk)] = vectors
             if experts is not None:
                 experts[written : written + len(chunk)] = chosen
@@ -462,8 +461,7 @@ class Index:
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Query embeddings [Q, H] under the index's routing mode and each query's top expert [Q] or None."""
         mode = self.info["mode"]
-        pooled, keys = pool_chunk(model, tokenizer, texts, "query", batch_size=batch_size)
-        return apply_head(model, pooled, mode, keys if mode == "random" else None)
+        return embed_chunk(model, tokenizer, texts, "query", mode, batch_size=batch_size)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
