@@ -52,10 +52,10 @@ def seconds_per_step(step_end_times: list[float], warmup: int) -> float:
 
 
 def run_sbmoe(
-    dataset: Path, output: Path, batch_size: int, steps: int, warmup: int, variant: str, experts: int
+    dataset: Path, output: Path, batch_size: int, steps: int, warmup: int, system: str, experts: int
 ):
     config = TrainingConfig(
-        base="minilm-l6", dataset=str(dataset), output_dir=str(output), variant=variant, num_experts=experts,
+        base="minilm-l6", dataset=str(dataset), output_dir=str(output), system=system, num_experts=experts,
         batch_size=batch_size, epochs=1, temperature=0.05, encoder_lr=2e-5, moe_lr=1e-4, progress=False,
         validation_documents=50, query_max_length=256, document_max_length=256,
     )  # fmt: skip

@@ -10,13 +10,14 @@ import torch.nn.functional as F
 
 from sbmoe.modeling.config import SBMoEConfig
 from sbmoe.modeling.moe import SBMoEBlock, parse_mode, random_experts, routing_keys
+from sbmoe.modeling.settings import BlockSettings
 
 H, N = 16, 4
 
 
 def make_block(variant: str = "faithful", num_experts: int = N, seed: int = 0, **kwargs) -> SBMoEBlock:
     torch.manual_seed(seed)
-    return SBMoEBlock(H, num_experts, H // 2, H // 2, variant=variant, **kwargs).eval()
+    return SBMoEBlock(H, BlockSettings(num_experts=num_experts, variant=variant, **kwargs)).eval()
 
 
 def dense_reference(block: SBMoEBlock, x: torch.Tensor, k: int) -> torch.Tensor:
@@ -37,7 +38,7 @@ def dense_reference(block: SBMoEBlock, x: torch.Tensor, k: int) -> torch.Tensor:
     [(312, 6, 638_520), (512, 6, 1_713_420), (768, 12, 7_400_856)],  # TinyBERT, BERT-Small, BERT-Base
 )
 def test_parameter_counts_match_the_paper_shapes(hidden, experts, expected):
-    block = SBMoEBlock(hidden, experts, hidden // 2, hidden // 2)
+    block = SBMoEBlock(hidden, BlockSettings(num_experts=experts))
     assert sum(p.numel() for p in block.parameters()) == expected
 
 

@@ -65,7 +65,7 @@ def test_faithful_gate_moves_only_by_weight_decay(tiny_encoder, synthetic, tmp_p
         tiny_encoder,
         synthetic,
         tmp_path / "run",
-        moe="faithful",
+        variant="faithful",
         freeze_encoder=True,
         selection="last",
         weight_decay=0.05,
@@ -91,7 +91,7 @@ def test_learned_gate_changes_routing(tiny_encoder, synthetic, tmp_path):
         tiny_encoder,
         synthetic,
         tmp_path / "run",
-        moe="learned",
+        variant="learned",
         freeze_encoder=True,
         selection="last",
         epochs=4,
@@ -307,7 +307,12 @@ def test_paper_preset_sets_the_authors_recipe_and_flags_override_it(tmp_path):
         },
         {"batch_size": 16},
     )
-    assert (config.temperature, config.epochs, config.selection, config.moe) == (1.0, 30, "last", "faithful")
+    assert (config.temperature, config.epochs, config.selection, config.variant) == (
+        1.0,
+        30,
+        "last",
+        "faithful",
+    )
     assert (config.mask_duplicate_positives, config.normalize, config.batch_size) == (False, False, 16)
 
 
@@ -327,7 +332,7 @@ def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source)
 
 
 def test_random_gate_trains_and_validates_with_per_text_routing(tiny_encoder, synthetic, tmp_path):
-    config = config_for(tiny_encoder, synthetic, tmp_path / "run", variant="random-gate", freeze_encoder=True)
+    config = config_for(tiny_encoder, synthetic, tmp_path / "run", system="random-gate", freeze_encoder=True)
     summary = train(config)
     assert summary["best_validation_ndcg@10"] is not None
     model, _ = load_model(tmp_path / "run")

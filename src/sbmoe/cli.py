@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+import typing
 from collections.abc import Callable, Sequence
 
 from sbmoe.errors import SbmoeError
@@ -108,22 +109,53 @@ def _encoder_overrides(args: argparse.Namespace) -> dict:
     }
 
 
+def _add_block_arguments(parser: argparse.ArgumentParser, **overrides: dict) -> None:
+    """One flag per `BlockSettings` field: help from its metadata with the default shown, allowed values as
+    the metavar, booleans as --x/--no-x. Every flag defaults to None (not given), so the value comes from a
+    config file or the field's default; values are checked by `BlockSettings`, which names the field.
+
+    overrides: per field name, add_argument keywords to replace (e.g. a longer help).
+    """
+    from dataclasses import fields
+
+    from sbmoe.modeling.settings import BlockSettings
+
+    hints = typing.get_type_hints(BlockSettings)
+    group = parser.add_argument_group("MoE block (saved in the model's config.json)")
+    for spec in fields(BlockSettings):
+        kind = next(
+            t for t in (typing.get_args(hints[spec.name]) or (hints[spec.name],)) if t is not type(None)
+        )
+        choices = spec.metadata.get("choices")
+        default = spec.metadata.get("null", "null") if spec.default is None else spec.default
+        default = str(default).lower() if kind is bool else default
+        options: dict = {"default": None, "help": f"{spec.metadata['help']} (default: {default})"}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            if choices:
+                options["metavar"] = "{" + ",".join(choices) + "}"
+        options.update(overrides.get(spec.name, {}))
+        group.add_argument("--" + spec.name.replace("_", "-"), **options)
+
+
+def _given_block_settings(args: argparse.Namespace) -> dict:
+    """The block settings given on the command line (None = not given)."""
+    from sbmoe.modeling.settings import BLOCK_FIELDS
+
+    return {name: getattr(args, name) for name in BLOCK_FIELDS if getattr(args, name) is not None}
+
+
 def _add_init(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("init", help="build an untrained SB-MoE model on a base encoder")
     parser.add_argument("--base", required=True, help="encoder folder, hub id, or minilm-l6")
     parser.add_argument("--output", required=True, help="new model folder (must not exist or be empty)")
     parser.add_argument("--no-moe", action="store_true", help="no MoE block: the FINE-TUNED baseline's shape")
-    parser.add_argument("--num-experts", type=int, default=6, help="N (1 = a single adapter); default 6")
-    parser.add_argument("--variant", default="faithful", help="faithful (the paper's code) or learned")
-    parser.add_argument("--expert-hidden-size", type=int, help="experts' bottleneck (default H/2)")
-    parser.add_argument("--gate-hidden-size", type=int, help="gate's hidden width (default H/2)")
-    parser.add_argument("--expert-activation", default="relu", help="relu, gelu, silu or tanh")
-    parser.add_argument("--random-gate", action="store_true", help="the RANDOM-GATE ablation")
-    parser.add_argument("--router-aux-loss-coef", type=float, default=0.0, help="load-balancing weight")
-    parser.add_argument("--default-mode", help="inference routing when none is given (default top1)")
     parser.add_argument("--seed", type=int, default=0, help="initialisation seed of the block")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code to run")
     _add_encoder_overrides(parser)
+    _add_block_arguments(parser)
     parser.set_defaults(handler=_run_init)
 
 
@@ -132,16 +164,6 @@ def _run_init(args: argparse.Namespace) -> int:
     from sbmoe.modeling import build_model, save_model
 
     check_new_folder(args.output)  # before the slow part
-    moe_settings = {
-        "num_experts": args.num_experts,
-        "variant": args.variant,
-        "expert_hidden_size": args.expert_hidden_size,
-        "gate_hidden_size": args.gate_hidden_size,
-        "expert_activation": args.expert_activation,
-        "random_gate": args.random_gate,
-        "router_aux_loss_coef": args.router_aux_loss_coef,
-        "default_mode": args.default_mode,
-    }
     model, tokenizer = _build(
         build_model,
         base=args.base,
@@ -149,7 +171,7 @@ def _run_init(args: argparse.Namespace) -> int:
         seed=args.seed,
         trust_remote_code=args.trust_remote_code,
         encoder_settings=_encoder_overrides(args),
-        **moe_settings,
+        **_given_block_settings(args),
     )
     save_model(model, tokenizer, args.output)
     block = sum(p.numel() for p in model.moe.parameters()) if model.moe is not None else 0
@@ -183,6 +205,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
+    from sbmoe.training.config import SYSTEMS
+
     parser = commands.add_parser(
         "train",
         help="fine-tune a retriever (plain, SB-MoE, adapter or random gate) on a collection's training split",
@@ -197,10 +221,11 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         "--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint"
     )
     parser.add_argument("--preset", choices=["paper"], help="the authors' recipe (batch 64, last epoch, ...)")
-    parser.add_argument("--variant", choices=["finetune", "sbmoe", "adapter", "random-gate"])
-    parser.add_argument("--moe", choices=["faithful", "learned"], help="SB-MoE variant (default learned)")
-    parser.add_argument("--num-experts", type=int)
-    parser.add_argument("--router-aux-loss-coef", type=float, help="Switch load-balancing weight")
+    parser.add_argument(
+        "--system", metavar="{" + ",".join(SYSTEMS) + "}",
+        help="what trains: finetune (no block), sbmoe, adapter (one expert) or random-gate (default: sbmoe)",
+    )  # fmt: skip
+    parser.add_argument("--moe", help="deprecated: the block variant, now --variant")
     parser.add_argument("--train-split")
     parser.add_argument("--validation-split", help="default: dev if the collection has one, else held out")
     parser.add_argument("--validation-share", type=float, help="share of training queries held out (0.05)")
@@ -230,16 +255,25 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--tensorboard", action="store_true", default=None)
     parser.add_argument("--trust-remote-code", action="store_true", default=None)
     _add_encoder_overrides(parser)
+    _add_block_arguments(
+        parser,
+        variant={
+            "metavar": "{faithful,learned}",
+            "help": "the block variant: faithful (the authors' code: the gate gets no gradient) or learned "
+            "(default: learned). A system name (finetune, sbmoe, adapter, random-gate) is still accepted "
+            "here and means --system (deprecated)",
+        },
+    )
     _add_common(parser)
     parser.set_defaults(handler=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from sbmoe.training.config import FIELD_NAMES, read_config_file, resolve_config
+    from sbmoe.training.config import FIELD_NAMES, LEGACY_KEYS, read_config_file, resolve_config
     from sbmoe.training.trainer import train
 
     file_settings = read_config_file(args.config) if args.config else {}
-    cli_settings = {key: value for key, value in vars(args).items() if key in FIELD_NAMES}
+    cli_settings = {key: value for key, value in vars(args).items() if key in FIELD_NAMES | LEGACY_KEYS}
     cli_settings["progress"] = False if args.no_progress else None
     config = resolve_config(file_settings, cli_settings)
     summary = train(config, resume=args.resume)

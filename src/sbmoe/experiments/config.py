@@ -15,7 +15,8 @@
     training: {freeze_encoder: true, epochs: 20}   # TrainingConfig fields shared by every run
 
 `systems` may also map a label to settings: `sbmoe-learned-lb: {system: sbmoe-learned, num_experts: [6],
-router_aux_loss_coef: 0.01}` (system defaults to the label; other keys are TrainingConfig fields).
+router_aux_loss_coef: 0.01}` (system defaults to the label; other keys are TrainingConfig fields, every
+block field of `BlockSettings` included, except those the system fixes, e.g. variant for sbmoe-learned).
 """
 
 from __future__ import annotations
@@ -31,24 +32,25 @@ from sbmoe.data import load_dataset
 from sbmoe.errors import SbmoeError
 from sbmoe.modeling.moe import parse_mode
 from sbmoe.training.config import FIELD_NAMES as TRAINING_FIELDS
+from sbmoe.training.config import SYSTEM_BLOCK
 
 SYSTEMS = ("zero-shot", "finetune", "adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned")
-# What each system means for `sbmoe train`.
-SYSTEM_TRAINING = {
-    "finetune": {"variant": "finetune"},
-    "adapter": {"variant": "adapter"},
-    "random-gate": {"variant": "random-gate"},
-    "sbmoe-faithful": {"variant": "sbmoe", "moe": "faithful"},
-    "sbmoe-learned": {"variant": "sbmoe", "moe": "learned"},
+# What each system means for `sbmoe train` (TrainingConfig fields; the block fields a training system fixes
+# are in sbmoe.training.config.SYSTEM_BLOCK).
+SYSTEM_TRAINING: dict[str, dict[str, Any]] = {
+    "finetune": {"system": "finetune"},
+    "adapter": {"system": "adapter"},
+    "random-gate": {"system": "random-gate"},
+    "sbmoe-faithful": {"system": "sbmoe", "variant": "faithful"},
+    "sbmoe-learned": {"system": "sbmoe", "variant": "learned"},
 }
-# Run settings fixed by the grid itself, not to be set under `training`.
+# Run settings fixed by the grid itself, not to be set under `training` or a system's entry.
 GRID_OWNED = {
     "base",
     "dataset",
     "output_dir",
     "seed",
-    "variant",
-    "moe",
+    "system",
     "num_experts",
     "train_split",
     "data_dir",
@@ -213,15 +215,32 @@ def _parse_systems(raw: Any, num_experts: list[int], fail) -> list[SystemSpec]:
             not isinstance(counts, list) or not all(isinstance(n, int) and n >= 1 for n in counts)
         ):
             raise fail(f"systems: {label}.num_experts must be a list of integers >= 1, got {counts!r}")
-        if system in ("sbmoe-faithful", "sbmoe-learned", "random-gate"):
-            experts: tuple[int | None, ...] = tuple(counts or num_experts)
-        elif system == "adapter":
-            experts = (1,)
-        else:
-            experts = (None,)
+        experts = _expert_counts(system, counts or num_experts)
         _check_training_keys(settings, f"systems.{label}", fail)
+        fixed = _fixed_settings(system)
+        clashes = sorted(key for key in settings if key in fixed and settings[key] != fixed[key])
+        if clashes:
+            raise fail(
+                f"systems.{label}: system {system} fixes "
+                + ", ".join(f"{key} to {fixed[key]!r}" for key in clashes)
+            )
         specs.append(SystemSpec(label=label, system=system, num_experts=experts, training=settings))
     return specs
+
+
+def _fixed_settings(system: str) -> dict[str, Any]:
+    """The TrainingConfig fields a grid system fixes: its training system and the block fields that fixes."""
+    training = SYSTEM_TRAINING.get(system, {})
+    return {**training, **SYSTEM_BLOCK.get(training.get("system"), {})}
+
+
+def _expert_counts(system: str, counts: list[int]) -> tuple[int | None, ...]:
+    """The numbers of experts a system runs with: none without a block, the fixed one of a one-expert
+    system, else the grid's."""
+    fixed = _fixed_settings(system)
+    if system == "zero-shot" or fixed["system"] == "finetune":
+        return (None,)
+    return (fixed["num_experts"],) if "num_experts" in fixed else tuple(counts)
 
 
 def _check_collections(config: ExperimentConfig, fail) -> None:

@@ -162,15 +162,11 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
 
 
 def _modes(run: Run, config: ExperimentConfig, model) -> tuple[str, ...] | None:
-    """Routing modes to evaluate: the grid's for a learned gate; RANDOM-GATE routes at random; one expert
-    (adapter) has a single mode; no block, no modes."""
+    """Routing modes to evaluate: those of the grid's that give this block distinct results (the block
+    decides: RANDOM-GATE routes at random, one expert has a single mode); no block, no modes."""
     if model.moe is None:
         return None
-    if run.system == "random-gate":
-        return ("random",)
-    if model.config.num_experts == 1:
-        return ("top1",)
-    return tuple(config.modes)
+    return model.moe.evaluation_modes(config.modes)
 
 
 def _keeps_model(run: Run, config: ExperimentConfig) -> bool:

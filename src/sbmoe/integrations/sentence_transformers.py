@@ -20,6 +20,7 @@ from sbmoe.errors import SbmoeError
 from sbmoe.io import check_new_folder, staged_folder
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.moe import SBMoEBlock, parse_mode, routing_keys
+from sbmoe.modeling.settings import BlockSettings, block_settings_dict
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,17 @@ class SBMoEHead(Module):
     config_keys = ["block_settings", "mode"]
 
     def __init__(self, block_settings: dict[str, Any], mode: str = "top1"):
-        """block_settings: the arguments of `SBMoEBlock` (`SBMoEConfig.moe_block_kwargs()`)."""
+        """block_settings: {"hidden_size": H, **the `BlockSettings` fields} (folders exported before
+        `BlockSettings` existed name the activation "activation"; they load too)."""
         super().__init__()
-        parse_mode(mode, block_settings["num_experts"])
-        self.block_settings = dict(block_settings)
+        settings = dict(block_settings)
+        hidden_size = settings.pop("hidden_size")
+        if "activation" in settings:
+            settings["expert_activation"] = settings.pop("activation")
+        self.block = SBMoEBlock(hidden_size, BlockSettings(**settings))
+        parse_mode(mode, self.block.num_experts)
+        self.block_settings = {"hidden_size": hidden_size, **block_settings_dict(self.block.settings)}
         self.mode = mode
-        self.block = SBMoEBlock(**block_settings)
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         keys = (
@@ -72,7 +78,11 @@ class SBMoEHead(Module):
 
     @classmethod
     def from_model(cls, model: SBMoEModel, mode: str | None = None) -> SBMoEHead:
-        head = cls(model.config.moe_block_kwargs(), mode or model.config.default_mode)
+        settings = {
+            "hidden_size": model.config.hidden_size,
+            **block_settings_dict(model.config.block_settings()),
+        }
+        head = cls(settings, mode or model.config.default_mode)
         head.block.load_state_dict(model.moe.state_dict())
         return head
 

@@ -7,12 +7,13 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from sbmoe.modeling.moe import ACTIVATIONS, VARIANTS, parse_mode
 from sbmoe.modeling.pooling import POOLING_METHODS
+from sbmoe.modeling.settings import BLOCK_FIELDS, BlockSettings, block_settings_of
 
 
 class SBMoEConfig(PretrainedConfig):
-    """Configuration of a bi-encoder retriever: a base encoder, its pooling and output settings.
+    """Configuration of a bi-encoder retriever: a base encoder, its pooling and output settings, and the
+    MoE block's settings.
 
     Args:
         encoder: the base encoder's config (a `PretrainedConfig` or its dict), e.g. a `BertConfig`.
@@ -21,16 +22,12 @@ class SBMoEConfig(PretrainedConfig):
         query_max_length: token limit for queries.
         document_max_length: token limit for documents.
         use_moe: add the SB-MoE block after pooling; False is the FINE-TUNED baseline.
-        num_experts: N; 1 makes a single adapter of the same shape (the fair control).
-        expert_hidden_size: experts' bottleneck width (default H/2).
-        gate_hidden_size: the gate's hidden width (default H/2).
-        expert_activation: the experts' activation: relu (paper), gelu, silu, tanh.
-        variant: "faithful" (the authors' combination; the gate gets no gradient) or "learned"
-            (each normalised expert output scaled by its gate value). See `sbmoe.modeling.moe`.
-        random_gate: the RANDOM-GATE ablation: a random expert per text in training and inference.
-        random_gate_seed: seed of the per-text expert choice of the "random" mode.
-        router_aux_loss_coef: weight of the Switch load-balancing loss (0 = off, as the paper).
-        default_mode: inference routing when none is asked for: top1, topk:K, all or random.
+        upcycled_from: provenance: the single-expert model whose expert initialised every expert, if any.
+        **kwargs: every field of `BlockSettings` (num_experts, variant, ...; see `sbmoe.modeling.settings`),
+            saved flat in config.json; a field missing from an older config.json takes its default, which
+            reproduces the block as it was before the field existed. Other keys go to `PretrainedConfig`.
+
+    `default_mode` is stored resolved (top1, or random for RANDOM-GATE when not given).
     """
 
     model_type = "sbmoe"
@@ -44,15 +41,7 @@ class SBMoEConfig(PretrainedConfig):
         query_max_length: int = 512,
         document_max_length: int = 512,
         use_moe: bool = False,
-        num_experts: int = 6,
-        expert_hidden_size: int | None = None,
-        gate_hidden_size: int | None = None,
-        expert_activation: str = "relu",
-        variant: str = "faithful",
-        random_gate: bool = False,
-        random_gate_seed: int = 0,
-        router_aux_loss_coef: float = 0.0,
-        default_mode: str | None = None,
+        upcycled_from: str | None = None,
         **kwargs: Any,
     ):
         if isinstance(encoder, dict):
@@ -66,15 +55,11 @@ class SBMoEConfig(PretrainedConfig):
         self.query_max_length = query_max_length
         self.document_max_length = document_max_length
         self.use_moe = use_moe
-        self.num_experts = num_experts
-        self.expert_hidden_size = expert_hidden_size
-        self.gate_hidden_size = gate_hidden_size
-        self.expert_activation = expert_activation
-        self.variant = variant
-        self.random_gate = random_gate
-        self.random_gate_seed = random_gate_seed
-        self.router_aux_loss_coef = router_aux_loss_coef
-        self.default_mode = default_mode or ("random" if random_gate else "top1")
+        self.upcycled_from = upcycled_from
+        settings = BlockSettings(**{name: kwargs.pop(name) for name in BLOCK_FIELDS if name in kwargs})
+        for name in BLOCK_FIELDS:
+            setattr(self, name, getattr(settings, name))
+        self.default_mode = settings.resolved_default_mode()
         super().__init__(**kwargs)
         self.validate_settings()
 
@@ -86,41 +71,15 @@ class SBMoEConfig(PretrainedConfig):
             value = getattr(self, field)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
-        if not isinstance(self.num_experts, int) or self.num_experts < 1:
-            raise ValueError(f"num_experts must be an integer >= 1, got {self.num_experts!r}")
-        for field in ("expert_hidden_size", "gate_hidden_size"):
-            value = getattr(self, field)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(
-                    f"{field} must be a positive integer or null (= hidden size / 2), got {value!r}"
-                )
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
-        if self.expert_activation not in ACTIVATIONS:
-            raise ValueError(
-                f"expert_activation must be one of {list(ACTIVATIONS)}, got {self.expert_activation!r}"
-            )
-        if not self.router_aux_loss_coef >= 0:
-            raise ValueError(f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef!r}")
-        parse_mode(self.default_mode, self.num_experts)
+        self.block_settings()
+
+    def block_settings(self) -> BlockSettings:
+        """The block's settings (validated: ValueError naming a bad field)."""
+        return block_settings_of(self)
 
     @property
     def hidden_size(self) -> int:
         return self.encoder.hidden_size
-
-    def moe_block_kwargs(self) -> dict[str, Any]:
-        """The arguments of `SBMoEBlock` this config describes (bottleneck and gate widths default to H/2)."""
-        half = self.hidden_size // 2
-        return {
-            "hidden_size": self.hidden_size,
-            "num_experts": self.num_experts,
-            "expert_hidden_size": self.expert_hidden_size or half,
-            "gate_hidden_size": self.gate_hidden_size or half,
-            "activation": self.expert_activation,
-            "variant": self.variant,
-            "random_gate": self.random_gate,
-            "random_gate_seed": self.random_gate_seed,
-        }
 
     def max_length_for(self, kind: str) -> int:
         """Token limit for `kind` in {"query", "document"}."""

@@ -19,6 +19,7 @@ from sbmoe.errors import SbmoeError
 from sbmoe.io import staged_folder
 from sbmoe.modeling.config import SBMoEConfig
 from sbmoe.modeling.model import SBMoEModel
+from sbmoe.modeling.settings import BLOCK_FIELDS, BlockSettings
 
 logger = logging.getLogger(__name__)
 
@@ -129,19 +130,6 @@ def load_model(
     return model, tokenizer
 
 
-MOE_FIELDS = (
-    "num_experts",
-    "expert_hidden_size",
-    "gate_hidden_size",
-    "expert_activation",
-    "variant",
-    "random_gate",
-    "random_gate_seed",
-    "router_aux_loss_coef",
-    "default_mode",
-)
-
-
 def build_model(
     base: str | Path,
     *,
@@ -149,23 +137,24 @@ def build_model(
     seed: int = 0,
     trust_remote_code: bool = False,
     encoder_settings: dict[str, Any] | None = None,
-    **moe_settings: Any,
+    **block_settings: Any,
 ) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
     """A new retriever on a pretrained base encoder: the MoE block (if any) freshly initialised from `seed`.
 
     encoder_settings: pooling / normalize / query_max_length / document_max_length overrides (None keeps
-    the base's own). moe_settings: SBMoEConfig's MoE fields (num_experts, variant, ...).
-    Raises ValueError naming a bad field.
+    the base's own). block_settings: fields of `BlockSettings` (num_experts, variant, ...); the others keep
+    their defaults. Raises ValueError naming an unknown or bad field.
     """
-    unknown = set(moe_settings) - set(MOE_FIELDS)
+    unknown = set(block_settings) - set(BLOCK_FIELDS)
     if unknown:
-        raise ValueError(f"unknown MoE setting(s) {sorted(unknown)}; known: {list(MOE_FIELDS)}")
+        raise ValueError(f"unknown block setting(s) {sorted(unknown)}; known: {list(BLOCK_FIELDS)}")
+    BlockSettings(**block_settings)  # a bad value is reported before the base model loads
     base_model, tokenizer = load_model(base, trust_remote_code=trust_remote_code, **(encoder_settings or {}))
     config_dict = {
         key: getattr(base_model.config, key)
         for key in ("pooling", "normalize", "query_max_length", "document_max_length")
     }
-    config = SBMoEConfig(encoder=base_model.encoder.config, use_moe=use_moe, **config_dict, **moe_settings)
+    config = SBMoEConfig(encoder=base_model.encoder.config, use_moe=use_moe, **config_dict, **block_settings)
     torch.manual_seed(seed)  # the block's initialisation, as nn.Linear's defaults draw it
     model = SBMoEModel(config, encoder=base_model.encoder)
     model.eval()

@@ -53,7 +53,7 @@ class SBMoEModel(PreTrainedModel):
             # with its resolved attention implementation, is the one the model saves.
             config.encoder = encoder.config
         self.encoder = encoder
-        self.moe = SBMoEBlock(**config.moe_block_kwargs()) if config.use_moe else None
+        self.moe = SBMoEBlock(config.hidden_size, config.block_settings()) if config.use_moe else None
         self.post_init()
 
     def _init_weights(self, module: torch.nn.Module) -> None:

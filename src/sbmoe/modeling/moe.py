@@ -36,11 +36,16 @@ P_i: mean routing probability of i), is returned for every forward; the model we
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from sbmoe.modeling.settings import BlockSettings
 
 VARIANTS = ("faithful", "learned")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
@@ -119,33 +124,39 @@ class RoutingOutput:
 
 
 class SBMoEBlock(nn.Module):
-    """N experts and a gate over the pooled embedding, with a skip connection. See the module docstring."""
+    """N experts and a gate over the pooled embedding, with a skip connection. See the module docstring.
 
-    def __init__(
-        self,
-        hidden_size: int,
-        num_experts: int,
-        expert_hidden_size: int,
-        gate_hidden_size: int,
-        activation: str = "relu",
-        variant: str = "faithful",
-        random_gate: bool = False,
-        random_gate_seed: int = 0,
-    ):
+    hidden_size: H. settings: a `BlockSettings` (widths left as None are H/2).
+    """
+
+    def __init__(self, hidden_size: int, settings: BlockSettings):
         super().__init__()
-        self.num_experts = num_experts
-        self.variant = variant
-        self.random_gate = random_gate
-        self.random_gate_seed = random_gate_seed
+        self.settings = settings
+        self.num_experts = settings.num_experts
+        self.variant = settings.variant
+        self.random_gate = settings.random_gate
+        self.random_gate_seed = settings.random_gate_seed
+        expert_hidden_size = settings.expert_hidden_size or hidden_size // 2
+        gate_hidden_size = settings.gate_hidden_size or hidden_size // 2
         self.experts = nn.ModuleList(
-            Expert(hidden_size, expert_hidden_size, activation) for _ in range(num_experts)
+            Expert(hidden_size, expert_hidden_size, settings.expert_activation)
+            for _ in range(settings.num_experts)
         )
         self.gate = nn.Sequential(
-            nn.Linear(hidden_size, gate_hidden_size), nn.ReLU(), nn.Linear(gate_hidden_size, num_experts)
+            nn.Linear(hidden_size, gate_hidden_size), nn.ReLU(), nn.Linear(gate_hidden_size, self.num_experts)
         )
-        self.noise = nn.Linear(hidden_size, num_experts)
-        if variant == "faithful":
+        self.noise = nn.Linear(hidden_size, self.num_experts)
+        if self.variant == "faithful":
             self.noise.requires_grad_(False)  # the authors' optimiser never saw it
+
+    def evaluation_modes(self, requested: Sequence[str]) -> tuple[str, ...]:
+        """The inference modes worth evaluating among `requested`: RANDOM-GATE routes at random, a single
+        expert has one mode, any other block every requested mode."""
+        if self.random_gate:
+            return ("random",)
+        if self.num_experts == 1:
+            return ("top1",)
+        return tuple(dict.fromkeys(requested))
 
     def forward(
         self,

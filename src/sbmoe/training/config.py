@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -10,9 +11,16 @@ from typing import Any
 import yaml
 
 from sbmoe.errors import SbmoeError
-from sbmoe.modeling.moe import ACTIVATIONS, VARIANTS
+from sbmoe.modeling.settings import BlockSettings, block_settings_of
 
-TRAINING_VARIANTS = ("finetune", "sbmoe", "adapter", "random-gate")
+logger = logging.getLogger(__name__)
+
+SYSTEMS = ("finetune", "sbmoe", "adapter", "random-gate")
+# What a system fixes in the block; the other block fields are the run's own (see TrainingConfig).
+SYSTEM_BLOCK: dict[str, dict[str, Any]] = {
+    "adapter": {"num_experts": 1},
+    "random-gate": {"random_gate": True},
+}
 SCHEDULES = ("constant", "linear", "cosine")
 SELECTIONS = ("best", "last")
 
@@ -43,13 +51,21 @@ PAPER_PRESET: dict[str, Any] = {
     "query_max_length": 512,
     "document_max_length": 512,
     "seed": 42,
-    "moe": "faithful",
+    "variant": "faithful",
 }
 
 
-@dataclass
-class TrainingConfig:
-    """What `sbmoe train` does. Fields left as None take the base encoder's own setting or a default."""
+@dataclass(kw_only=True)
+class TrainingConfig(BlockSettings):
+    """What `sbmoe train` does. Fields left as None take the base encoder's own setting or a default.
+
+    The block's settings are inherited from `BlockSettings` (one declaration, validated there), so a config
+    file, the command line and an experiment grid name them exactly as the model's config.json does.
+    `system` says what trains: finetune (no block), sbmoe, adapter (the block with one expert) or
+    random-gate (RANDOM-GATE). A system fixes some block fields (`SYSTEM_BLOCK`): they are set here, so
+    training_config.json records the block that was built; a conflicting explicit value is an error, except
+    num_experts, which the one-expert systems always set to 1.
+    """
 
     base: str
     dataset: str
@@ -59,14 +75,8 @@ class TrainingConfig:
     validation_split: str | None = None  # None: the collection's "dev" split if any, else validation_share
     validation_share: float = 0.05  # of training queries held out when there is no validation split
     validation_documents: int | None = None  # distractors besides the positives; None: all (frozen) or 1000
-    # model
-    variant: str = "sbmoe"
-    moe: str = "learned"
-    num_experts: int = 6
-    expert_hidden_size: int | None = None
-    gate_hidden_size: int | None = None
-    expert_activation: str = "relu"
-    router_aux_loss_coef: float = 0.0
+    # model (the block's fields come from BlockSettings)
+    system: str = "sbmoe"
     pooling: str | None = None
     normalize: bool | None = None
     query_max_length: int | None = None
@@ -101,14 +111,14 @@ class TrainingConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        _check_choice("variant", self.variant, TRAINING_VARIANTS)
-        _check_choice("moe", self.moe, VARIANTS)
+        _check_choice("system", self.system, SYSTEMS)
+        self._apply_system()
+        super().__post_init__()  # the block's fields
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("selection", self.selection, SELECTIONS)
-        _check_choice("expert_activation", self.expert_activation, tuple(ACTIVATIONS))
         if self.preset is not None:
             _check_choice("preset", self.preset, ("paper",))
-        for name in ("batch_size", "epochs", "num_experts", "encode_batch_size", "hard_negative_depth"):
+        for name in ("batch_size", "epochs", "encode_batch_size", "hard_negative_depth"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("checkpoint_every_steps", "early_stopping_patience", "validation_documents"):
@@ -121,7 +131,7 @@ class TrainingConfig:
             raise ValueError("batch_size must be at least 2: in-batch negatives need another query")
         if not self.temperature > 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature!r}")
-        for name in ("encoder_lr", "moe_lr", "weight_decay", "router_aux_loss_coef"):
+        for name in ("encoder_lr", "moe_lr", "weight_decay"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -132,26 +142,29 @@ class TrainingConfig:
             raise ValueError(f"num_hard_negatives must be >= 0, got {self.num_hard_negatives!r}")
         if self.max_grad_norm is not None and not self.max_grad_norm > 0:
             raise ValueError(f"max_grad_norm must be > 0 or null, got {self.max_grad_norm!r}")
-        if self.freeze_encoder and self.variant == "finetune":
+        if self.freeze_encoder and self.system == "finetune":
             raise ValueError(
-                "freeze_encoder with variant finetune leaves nothing to train; use adapter or sbmoe"
+                "freeze_encoder with system finetune leaves nothing to train; use adapter or sbmoe"
             )
+
+    def _apply_system(self) -> None:
+        """Set the block fields the system fixes; refuse an explicit value that contradicts it."""
+        defaults = {spec.name: spec.default for spec in fields(BlockSettings)}
+        for name, value in SYSTEM_BLOCK.get(self.system, {}).items():
+            current = getattr(self, name)
+            if name != "num_experts" and current != value and current != defaults[name]:
+                raise ValueError(f"system {self.system} sets {name} to {value!r}; got {name}={current!r}")
+            setattr(self, name, value)
+        if self.random_gate and self.system != "random-gate":
+            raise ValueError(f"random_gate is the system random-gate; got system {self.system!r}")
 
     @property
     def uses_moe(self) -> bool:
-        return self.variant != "finetune"
+        return self.system != "finetune"
 
     def model_settings(self) -> dict[str, Any]:
-        """The SBMoEConfig fields this training run asks for."""
-        return {
-            "num_experts": 1 if self.variant == "adapter" else self.num_experts,
-            "variant": self.moe,
-            "expert_hidden_size": self.expert_hidden_size,
-            "gate_hidden_size": self.gate_hidden_size,
-            "expert_activation": self.expert_activation,
-            "random_gate": self.variant == "random-gate",
-            "router_aux_loss_coef": self.router_aux_loss_coef,
-        }
+        """The block's settings this training run asks for (fields of `BlockSettings`)."""
+        return asdict(block_settings_of(self))
 
     def encoder_settings(self) -> dict[str, Any]:
         return {
@@ -173,6 +186,40 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 FIELD_NAMES = {field.name for field in fields(TrainingConfig)}
 # Settings that may differ between a run and its resumption.
 RESUMABLE_FIELDS = {"progress", "tensorboard", "epochs", "early_stopping_patience", "data_dir", "output_dir"}
+# Keys of settings written before the block's fields were one declaration.
+LEGACY_KEYS = {"moe"}
+
+
+def upgrade_legacy_settings(settings: dict[str, Any], where: str, warn: bool = True) -> dict[str, Any]:
+    """Old names to new ones: `moe` (the block variant) -> `variant`; `variant` holding a system name
+    (finetune, sbmoe, adapter, random-gate) -> `system`. Each logs a deprecation warning naming `where`.
+
+    Raises SbmoeError when an old and a new key disagree.
+    """
+    settings = dict(settings)
+
+    def deprecated(message: str) -> None:
+        if warn:
+            logger.warning("%s: %s (deprecated)", where, message)
+
+    if settings.get("variant") in SYSTEMS:
+        system = settings.pop("variant")
+        if settings.get("system", system) != system:
+            raise SbmoeError(
+                f"{where}: variant {system!r} (a system) contradicts system {settings['system']!r}"
+            )
+        settings["system"] = system
+        deprecated(
+            f"variant {system!r} names a system: use system: {system} (variant is faithful or learned)"
+        )
+    if "moe" in settings:
+        variant = settings.pop("moe")
+        if variant is not None:
+            if settings.get("variant", variant) != variant:
+                raise SbmoeError(f"{where}: moe {variant!r} contradicts variant {settings['variant']!r}")
+            settings["variant"] = variant
+            deprecated(f"moe: {variant} is now variant: {variant}")
+    return settings
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -189,6 +236,7 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(data, dict):
         raise SbmoeError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    data = upgrade_legacy_settings(data, str(path))
     unknown = sorted(set(data) - FIELD_NAMES)
     if unknown:
         raise SbmoeError(f"{path}: unknown setting(s) {unknown}; known settings: {sorted(FIELD_NAMES)}")
@@ -196,8 +244,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 
 def resolve_config(file_settings: dict[str, Any], cli_settings: dict[str, Any]) -> TrainingConfig:
-    """Preset, then the config file, then explicit command-line flags (None means not given)."""
-    merged = {**file_settings, **{key: value for key, value in cli_settings.items() if value is not None}}
+    """Preset, then the config file, then explicit command-line flags (None means not given).
+
+    Old key names are accepted with a warning (`upgrade_legacy_settings`).
+    """
+    given = {key: value for key, value in cli_settings.items() if value is not None}
+    file_settings = upgrade_legacy_settings(file_settings, "config file")
+    merged = {**file_settings, **upgrade_legacy_settings(given, "command line")}
     preset = merged.get("preset")
     if preset == "paper":
         base_row = PAPER_BASES.get(str(merged.get("base")), {"temperature": 1.0, "epochs": 20})

@@ -44,7 +44,7 @@ from sbmoe.retrieval.encode import (
     text_routing_keys,
 )
 from sbmoe.retrieval.search import exact_search, to_run
-from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig
+from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig, upgrade_legacy_settings
 from sbmoe.training.data import Batch, Example, epoch_batches, hold_out, shard, training_examples
 from sbmoe.training.distributed import (
     DistributedInfo,
@@ -130,7 +130,7 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     logger.info(
         "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s",
-        config.variant, dataset.name, len(data.train), len(data.validation), batches_per_epoch,
+        config.system, dataset.name, len(data.train), len(data.validation), batches_per_epoch,
         f"{sum(p.numel() for p in trainable):,}",
         " (frozen encoder: cached pooled vectors)" if config.freeze_encoder else "",
     )  # fmt: skip
@@ -172,6 +172,16 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- inputs
 
 
+def _comparable(saved: dict[str, Any], where: Path) -> dict[str, Any]:
+    """A saved training config as this version would resolve it: old key names upgraded, fields added
+    since then at their defaults (which reproduce the old behaviour)."""
+    saved = upgrade_legacy_settings(saved, str(where), warn=False)
+    try:
+        return TrainingConfig(**{key: value for key, value in saved.items() if key in FIELD_NAMES}).to_dict()
+    except (TypeError, ValueError):
+        return saved  # compared as written: whatever differs is reported
+
+
 def _check_output(output: Path, config: TrainingConfig, resume: bool) -> Path | None:
     """Refuse to overwrite; on resume, check the configuration and return the last checkpoint (or None)."""
     saved_config = output / "training_config.json"
@@ -187,7 +197,7 @@ def _check_output(output: Path, config: TrainingConfig, resume: bool) -> Path | 
                 f"{output} holds no training_config.json: not a training folder, refusing to resume"
             )
         return None
-    saved = json.loads(saved_config.read_text(encoding="utf-8"))["config"]
+    saved = _comparable(json.loads(saved_config.read_text(encoding="utf-8"))["config"], saved_config)
     current = config.to_dict()
     differing = sorted(key for key in FIELD_NAMES - RESUMABLE_FIELDS if saved.get(key) != current.get(key))
     if differing:
