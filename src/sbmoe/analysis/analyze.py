@@ -69,13 +69,14 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
     import torch
 
     from sbmoe.analysis.plots import plot_embedding_map, plot_expert_shares
-    from sbmoe.analysis.routing import router_probabilities, routing_summary, top1_experts
+    from sbmoe.analysis.routing import router_probabilities, routing_summary
     from sbmoe.data import load_dataset
     from sbmoe.io import provenance, write_json
     from sbmoe.modeling.loading import load_model
     from sbmoe.modeling.moe import random_experts
     from sbmoe.retrieval.encode import (
         EmbeddingCache,
+        apply_head,
         default_device,
         encode_cached,
         text_routing_keys,
@@ -122,9 +123,12 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
 
         doc_experts = chosen(document_texts, "document")
         query_experts = chosen(query_texts, "query")
-    else:
-        expert_source = "gate argmax (eval mode, no noise)"
-        doc_experts, query_experts = top1_experts(doc_probs), top1_experts(query_probs)
+    else:  # the block's own top-1 choice: the gate's argmax, the nearest prototype, or the null expert
+        expert_source = "router's top-1 choice (eval mode, no noise)"
+        doc_experts, query_experts = (
+            apply_head(model, pooled_docs, mode)[1],
+            apply_head(model, pooled_queries, mode)[1],
+        )
 
     summary = routing_summary(
         query_probs,
@@ -134,6 +138,7 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
         qrels,
         query_experts=query_experts,
         doc_experts=doc_experts,
+        null_expert=model.moe.num_choices > num_experts,
     )
     header = {
         "dataset": dataset.name,
@@ -172,6 +177,7 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
         summary["documents"]["shares"],
         outputs["expert_shares"],
         f"Top-1 expert per text\n{title}",
+        null_expert=summary["null_expert"],
     )
     if len(pooled_docs) >= 2:
         plot_embedding_map(
@@ -181,7 +187,7 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
             f"Documents' pooled vectors by top-1 expert\n{title}",
             method=settings.projection,
             max_points=settings.max_points,
-            num_experts=num_experts,
+            num_experts=model.moe.num_choices,
         )
     else:
         logger.warning("fewer than 2 documents: no document map")

@@ -66,10 +66,12 @@ def plot_expert_shares(
     doc_shares: Sequence[float],
     path: str | Path,
     title: str,
+    null_expert: bool = False,
 ) -> Path:
     """Grouped bars per expert (queries beside documents, in % of texts) with the 1 % activation line.
 
-    query_shares, doc_shares: [E] shares of texts whose top-1 expert is i (each sums to 1).
+    query_shares, doc_shares: [E] shares of texts whose top-1 expert is i (each sums to 1); with
+    `null_expert`, the last entry is the null expert's (texts passed through unchanged), labelled "null".
     Returns `path`.
     """
     if len(query_shares) != len(doc_shares):
@@ -94,7 +96,7 @@ def plot_expert_shares(
         linewidth=1,
         label=f"{100 * ACTIVE_SHARE:g} % (activated)",
     )
-    ax.set_xticks(x, [str(i) for i in x])
+    ax.set_xticks(x, [str(i) for i in x[: num_experts - int(null_expert)]] + ["null"] * int(null_expert))
     ax.set_xlabel("expert (top-1 choice)")
     ax.set_ylabel("texts routed to expert (%)")
     top = max(float(queries.max(initial=0)), float(docs.max(initial=0)), 100 * ACTIVE_SHARE)

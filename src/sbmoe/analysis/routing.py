@@ -4,7 +4,9 @@ Every text is counted ONCE, by the expert its routing actually chose. (The autho
 twice, on the pooled and on the post-MoE embedding, so every text was counted twice and half the counts
 came from an input the gate never routes; see SBMOE.md, flaw 5.)
 
-E = number of experts. Inputs are numpy arrays; outputs are plain Python values, ready for JSON.
+E = number of experts. A block with a null expert (texts it passes through unchanged) reports those texts
+as expert E: with `null_expert=True` counts and shares get a last bin for it, and activated experts count
+the E real ones only. Inputs are numpy arrays; outputs are plain Python values, ready for JSON.
 """
 
 from __future__ import annotations
@@ -22,16 +24,20 @@ if TYPE_CHECKING:
 ACTIVE_SHARE = 0.01  # the paper counts an expert as activated when it receives at least 1 % of texts
 
 
-def active_experts(counts: Sequence[int], min_share: float = ACTIVE_SHARE) -> int:
-    """How many experts receive at least `min_share` of the texts (the paper's "activated experts")."""
-    total = sum(counts)
+def active_experts(counts: Sequence[int], min_share: float = ACTIVE_SHARE, total: int | None = None) -> int:
+    """How many experts receive at least `min_share` of the texts (the paper's "activated experts").
+
+    total: the number of texts when `counts` leaves some out (those of the null expert); default sum(counts).
+    """
+    total = sum(counts) if total is None else total
     return sum(1 for count in counts if total and count >= min_share * total)
 
 
 def router_probabilities(model: SBMoEModel, pooled: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """The gate's routing probabilities softmax(z) [N, E] for pooled vectors [N, H] (eval mode, no noise).
+    """The router's probabilities [N, E] for pooled vectors [N, H] (eval mode, no noise): softmax(z), the
+    normalised sigmoid gates, or one-hot nearest prototypes (`SBMoEBlock.probabilities`).
 
-    The TOP-1 expert of each text is their argmax.
+    Without a null expert, the TOP-1 expert of each text is their argmax.
     """
     import torch
 
@@ -42,28 +48,29 @@ def router_probabilities(model: SBMoEModel, pooled: np.ndarray, batch_size: int 
     with torch.inference_mode():
         for start in range(0, len(pooled), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(pooled[start : start + batch_size])).to(device)
-            out[start : start + batch_size] = model.moe.gate(chunk.float()).softmax(dim=-1).cpu().numpy()
+            out[start : start + batch_size] = model.moe.routing_probabilities(chunk).cpu().numpy()
     return out
 
 
-def expert_counts(experts: np.ndarray, num_experts: int) -> list[int]:
-    """How many texts have expert i as their top-1 choice, for i in 0..E-1. experts: [N] ints in [0, E)."""
+def expert_counts(experts: np.ndarray, num_experts: int, null_expert: bool = False) -> list[int]:
+    """How many texts have expert i as their top-1 choice, for i in 0..E-1 (and E, the null expert, when
+    `null_expert`). experts: [N] ints in [0, E) (or [0, E])."""
     experts = np.asarray(experts, dtype=np.int64).reshape(-1)
     if num_experts < 1:
         raise ValueError(f"num_experts must be at least 1, got {num_experts}")
-    if experts.size and (experts.min() < 0 or experts.max() >= num_experts):
-        raise ValueError(
-            f"expert indices must lie in [0, {num_experts}), got {experts.min()}..{experts.max()}"
-        )
-    return np.bincount(experts, minlength=num_experts).tolist()
+    bins = num_experts + int(null_expert)
+    if experts.size and (experts.min() < 0 or experts.max() >= bins):
+        raise ValueError(f"expert indices must lie in [0, {bins}), got {experts.min()}..{experts.max()}")
+    return np.bincount(experts, minlength=bins).tolist()
 
 
-def expert_shares(experts: np.ndarray, num_experts: int) -> list[float]:
-    """Share of texts whose top-1 expert is i, for i in 0..E-1 (sums to 1; all zeros when N = 0).
+def expert_shares(experts: np.ndarray, num_experts: int, null_expert: bool = False) -> list[float]:
+    """Share of texts whose top-1 expert is i, for i in 0..E-1 (and the null expert last when
+    `null_expert`); sums to 1, all zeros when N = 0.
 
     experts: [N] top-1 expert per text; each text counted once.
     """
-    counts = expert_counts(experts, num_experts)
+    counts = expert_counts(experts, num_experts, null_expert)
     total = sum(counts)
     return [count / total if total else 0.0 for count in counts]
 
@@ -131,15 +138,17 @@ def top1_experts(probabilities: np.ndarray) -> np.ndarray:
     return np.asarray(probabilities).argmax(axis=1).astype(np.int64)
 
 
-def _side_summary(probabilities: np.ndarray, experts: np.ndarray, num_experts: int) -> dict[str, Any]:
-    counts = expert_counts(experts, num_experts)
+def _side_summary(
+    probabilities: np.ndarray, experts: np.ndarray, num_experts: int, null_expert: bool
+) -> dict[str, Any]:
+    counts = expert_counts(experts, num_experts, null_expert)
     total = sum(counts)
     p = np.asarray(probabilities, dtype=np.float64)
     return {
         "count": total,
         "counts": counts,
         "shares": [count / total if total else 0.0 for count in counts],
-        "active_experts": active_experts(counts),
+        "active_experts": active_experts(counts[:num_experts], total=total),
         "entropy": routing_entropy(p),
         "normalized_entropy": normalized_routing_entropy(p),
         "mean_top_probability": float(p.max(axis=1).mean()) if len(p) else 0.0,
@@ -155,13 +164,15 @@ def routing_summary(
     *,
     query_experts: np.ndarray | None = None,
     doc_experts: np.ndarray | None = None,
+    null_expert: bool = False,
 ) -> dict[str, Any]:
     """Routing statistics of queries and documents, JSON-able.
 
     query_probs [Nq, E], doc_probs [Nd, E]: the gate's routing probabilities, rows in the order of
     `query_ids` / `doc_ids`. query_experts [Nq], doc_experts [Nd]: the expert each text was routed to
     (default: the argmax of its probabilities; pass them when routing is not the gate's, as under
-    RANDOM-GATE). Returns {"num_experts", "active_share", "queries": {...}, "documents": {...},
+    RANDOM-GATE, or with a null expert, reported as E). null_expert: counts and shares get a last bin for
+    it. Returns {"num_experts", "null_expert", "active_share", "queries": {...}, "documents": {...},
     "shared_expert": {...}}, where each side has count, counts, shares, active_experts, entropy (nats),
     normalized_entropy and mean_top_probability, and "shared_expert" is `shared_expert_rate`.
     """
@@ -182,9 +193,10 @@ def routing_summary(
         raise ValueError("query_experts / doc_experts must have one entry per id")
     return {
         "num_experts": num_experts,
+        "null_expert": null_expert,
         "active_share": ACTIVE_SHARE,
-        "queries": _side_summary(query_probs, query_experts, num_experts),
-        "documents": _side_summary(doc_probs, doc_experts, num_experts),
+        "queries": _side_summary(query_probs, query_experts, num_experts, null_expert),
+        "documents": _side_summary(doc_probs, doc_experts, num_experts, null_expert),
         "shared_expert": shared_expert_rate(
             dict(zip(query_ids, query_experts.tolist(), strict=True)),
             dict(zip(doc_ids, doc_experts.tolist(), strict=True)),

@@ -21,7 +21,6 @@ from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
-from sbmoe.modeling.moe import parse_mode
 from sbmoe.retrieval.ann import INDEX_TYPES, ann_search, ann_settings, build_ann_index, recall_against_exact
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
@@ -240,7 +239,7 @@ def _check_modes(modes: tuple[str, ...] | None, model: SBMoEModel) -> tuple[str 
         return (model.config.default_mode,)
     for mode in modes:
         try:
-            parse_mode(mode, model.config.num_experts)
+            model.moe.check_mode(mode)
         except ValueError as error:
             raise SbmoeError(str(error)) from error
     return tuple(dict.fromkeys(modes))
@@ -254,10 +253,11 @@ def mode_folder(mode: str | None) -> str:
 def _expert_counts(
     model: SBMoEModel, query_experts: np.ndarray | None, doc_experts: np.ndarray | None
 ) -> dict[str, list[int]] | None:
-    """How many queries and documents have each expert as their top choice."""
+    """How many queries and documents have each expert as their top choice (a last bin for the null
+    expert when the block has one)."""
     if query_experts is None or doc_experts is None:
         return None
-    n = model.config.num_experts
+    n = model.moe.num_choices
     return {
         "queries": np.bincount(query_experts, minlength=n).tolist(),
         "documents": np.bincount(doc_experts, minlength=n).tolist(),

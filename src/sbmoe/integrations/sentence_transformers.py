@@ -19,7 +19,7 @@ import torch
 from sbmoe.errors import SbmoeError
 from sbmoe.io import check_new_folder, staged_folder
 from sbmoe.modeling.model import SBMoEModel
-from sbmoe.modeling.moe import SBMoEBlock, parse_mode, routing_keys
+from sbmoe.modeling.moe import SBMoEBlock, routing_keys
 from sbmoe.modeling.settings import BlockSettings, block_settings_dict
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class SBMoEHead(Module):
         if "activation" in settings:
             settings["expert_activation"] = settings.pop("activation")
         self.block = SBMoEBlock(hidden_size, BlockSettings(**settings))
-        parse_mode(mode, self.block.num_experts)
+        self.block.check_mode(mode)
         self.block_settings = {"hidden_size": hidden_size, **block_settings_dict(self.block.settings)}
         self.mode = mode
 
@@ -106,7 +106,7 @@ def export_sentence_transformers(
         raise SbmoeError("--mode: this model has no MoE block, so it has no routing modes")
     if model.moe is not None:
         try:
-            parse_mode(mode or model.config.default_mode, model.config.num_experts)
+            model.moe.check_mode(mode or model.config.default_mode)
         except ValueError as error:
             raise SbmoeError(str(error)) from error
     config = model.config

@@ -77,6 +77,7 @@ class SBMoEModel(PreTrainedModel):
         mode: str | None = None,
         keys: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        noise_weight: float = 1.0,
     ) -> SBMoEOutput:
         """Pooled vectors [B, H] -> the embeddings that are scored by dot product [B, H].
 
@@ -84,11 +85,12 @@ class SBMoEModel(PreTrainedModel):
         training mode, where routing is noisy top-1 (or random for the RANDOM-GATE ablation).
         keys [B]: per-text routing keys (`routing_keys`), needed by the "random" mode.
         noise [B, N]: standard normal draws for training-time routing, one row per text.
+        noise_weight: the factor of the routing noise at this step (`sbmoe.modeling.moe.noise_weight`).
         """
         if self.moe is None:
             embeddings = F.normalize(pooled, dim=-1) if self.config.normalize else pooled
             return SBMoEOutput(embeddings=embeddings, pooled=pooled)
-        out, routing = self.moe(pooled, mode or self.config.default_mode, keys, noise)
+        out, routing = self.moe(pooled, mode or self.config.default_mode, keys, noise, noise_weight)
         embeddings = F.normalize(out, dim=-1) if self.config.normalize else out
         return SBMoEOutput(
             embeddings=embeddings,

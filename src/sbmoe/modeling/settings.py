@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sbmoe.modeling.moe import ACTIVATIONS, VARIANTS, parse_mode
+from sbmoe.modeling.moe import ACTIVATIONS, ROUTERS, ROUTING_NOISE, TOP1_WEIGHTS, VARIANTS, parse_mode
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None, null: str | None = None) -> Any:
@@ -41,6 +41,40 @@ class BlockSettings:
         "(each normalised expert output scaled by its gate value)",
         VARIANTS,
     )
+    router: str = _setting(
+        "softmax",
+        "how texts choose experts: softmax (the paper's gate), sigmoid (each gate value in (0, 1); with one "
+        "expert the gated adapter) or cluster (nearest of N prototypes from k-means, weight 1)",
+        ROUTERS,
+    )
+    routing_noise: str = _setting(
+        "noisy",
+        "training noise of the softmax and sigmoid routers: noisy (the paper: z + eps * softplus(W_n x)), "
+        "none, or anneal (its weight falls linearly from 1 to 0 at noise_anneal_fraction of training)",
+        ROUTING_NOISE,
+    )
+    noise_anneal_fraction: float = _setting(
+        0.5, "anneal: share of the training steps after which the noise is 0"
+    )
+    top1_weight: str = _setting(
+        "softmax",
+        "weight of the chosen expert under top-1: softmax (the paper: its probability) or straight-through "
+        "(exactly 1 forward, the probability's gradient backward); learned variant only",
+        TOP1_WEIGHTS,
+    )
+    shared_expert: bool = _setting(False, "one more expert applied to every text besides the routed ones")
+    train_prototypes: bool = _setting(False, "cluster: train the prototypes (straight-through gradient)")
+    cluster_balanced: bool = _setting(
+        True, "cluster: k-means with balanced clusters (~M/N texts each, as BASE layers)"
+    )
+    null_threshold: float | None = _setting(
+        None, "null expert: a text whose routing score (top gate value, or best cosine) is below this passes "
+        "through unchanged", null="no null expert",
+    )  # fmt: skip
+    null_quantile: float | None = _setting(
+        None, "cluster: set the null expert's threshold to this quantile of the training vectors' best "
+        "cosine", null="no null expert",
+    )  # fmt: skip
     random_gate: bool = _setting(False, "the RANDOM-GATE ablation: a random expert per text")
     random_gate_seed: int = _setting(0, "seed of the per-text expert choice of the random mode")
     router_aux_loss_coef: float = _setting(
@@ -75,7 +109,63 @@ class BlockSettings:
             raise ValueError(f"random_gate_seed must be an integer, got {self.random_gate_seed!r}")
         if not isinstance(self.router_aux_loss_coef, int | float) or not self.router_aux_loss_coef >= 0:
             raise ValueError(f"router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef!r}")
-        parse_mode(self.resolved_default_mode(), self.num_experts)
+        if (
+            not isinstance(self.noise_anneal_fraction, int | float)
+            or not 0 <= self.noise_anneal_fraction <= 1
+        ):
+            raise ValueError(f"noise_anneal_fraction must be in [0, 1], got {self.noise_anneal_fraction!r}")
+        for name in ("shared_expert", "train_prototypes", "cluster_balanced"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.null_threshold is not None and not isinstance(self.null_threshold, int | float):
+            raise ValueError(f"null_threshold must be a number or null, got {self.null_threshold!r}")
+        if self.null_quantile is not None and (
+            not isinstance(self.null_quantile, int | float) or not 0 < self.null_quantile < 1
+        ):
+            raise ValueError(f"null_quantile must be in (0, 1) or null, got {self.null_quantile!r}")
+        self._check_combinations()
+        mode = self.resolved_default_mode()
+        parse_mode(mode, self.num_experts)
+        if self.router == "cluster" and mode != "top1":
+            raise ValueError(f"default_mode must be top1 with router 'cluster', got {mode!r}")
+
+    def _check_combinations(self) -> None:
+        """Settings that cannot work together, or a non-default setting that would have no effect."""
+        faithful = self.variant == "faithful"
+        problems = [
+            (faithful and self.router == "sigmoid",
+             "router 'sigmoid' with variant 'faithful': the normalisation of m cancels the gate value under "
+             "top-1, so it would never learn; use variant learned"),
+            (faithful and self.top1_weight == "straight-through",
+             "top1_weight 'straight-through' with variant 'faithful': the normalisation of m cancels the "
+             "weight under top-1, so the gate gets no gradient; use variant learned"),
+            (faithful and self.train_prototypes,
+             "train_prototypes with variant 'faithful': the normalisation cancels the straight-through "
+             "weight, so the prototypes get no gradient; use variant learned"),
+            (self.random_gate and self.router != "softmax",
+             f"random_gate with router {self.router!r}: RANDOM-GATE ignores the router; use router softmax"),
+            (self.random_gate and (self.null_threshold is not None or self.null_quantile is not None),
+             "null_threshold / null_quantile with random_gate: a random expert has no routing score"),
+            (self.router == "cluster" and self.routing_noise != "noisy",
+             f"routing_noise {self.routing_noise!r} with router 'cluster': cluster routing has no noise"),
+            (self.router == "cluster" and self.top1_weight != "softmax",
+             "top1_weight 'straight-through' with router 'cluster': its weight is always 1"),
+            (self.router == "cluster" and self.router_aux_loss_coef > 0,
+             "router_aux_loss_coef > 0 with router 'cluster': the hard nearest-prototype choice gets no "
+             "gradient from it (cluster_balanced balances the prototypes instead)"),
+            (self.router != "cluster" and self.train_prototypes,
+             f"train_prototypes with router {self.router!r}: only cluster routing has prototypes"),
+            (self.router != "cluster" and not self.cluster_balanced,
+             f"cluster_balanced false with router {self.router!r}: only cluster routing has prototypes"),
+            (self.router != "cluster" and self.null_quantile is not None,
+             f"null_quantile with router {self.router!r}: it is computed with the prototypes; give "
+             "null_threshold instead"),
+            (self.null_threshold is not None and self.null_quantile is not None,
+             "null_threshold and null_quantile both set: give one"),
+        ]  # fmt: skip
+        for failed, message in problems:
+            if failed:
+                raise ValueError(message)
 
     def resolved_default_mode(self) -> str:
         """`default_mode`, or what None means: random for RANDOM-GATE, else top1."""

@@ -293,7 +293,8 @@ def _run_search(args: argparse.Namespace) -> int:
         write_trec_run(run, args.output, tag=Path(args.index).name or "sbmoe")
         routed = ""
         if experts is not None:
-            routed = f"; queries per expert: {expert_counts(experts, index.info['num_experts'])}"
+            null = model.moe.num_choices > model.moe.num_experts  # a last count for the null expert
+            routed = f"; queries per expert: {expert_counts(experts, model.moe.num_experts, null)}"
         print(f"wrote {len(run)} queries x {k} hits to {args.output}{routed}")
         return 0
     routed = (
@@ -301,6 +302,8 @@ def _run_search(args: argparse.Namespace) -> int:
         if experts is not None
         else "no MoE block"
     )
+    if experts is not None and experts[0] == model.moe.num_experts:
+        routed = f"passed through by the null expert, mode {index.info['mode']}"
     print(f"query: {args.query!r} ({routed}; {index.info['type']} index of {len(index.ids):,} documents)")
     print(f"{'rank':>4}  {'score':>7}  {'id':<20} title")
     for rank, (score, row) in enumerate(zip(scores[0], rows[0], strict=True), start=1):

@@ -38,7 +38,6 @@ from sbmoe.errors import DataError, SbmoeError
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
-from sbmoe.modeling.moe import parse_mode
 from sbmoe.retrieval.ann import (
     INDEX_TYPES,
     ann_search,
@@ -119,7 +118,7 @@ def encode_shard(
     mode = mode or (model.config.default_mode if model.moe is not None else None)
     if mode is not None:
         try:
-            parse_mode(mode, model.config.num_experts)
+            model.moe.check_mode(mode)
         except ValueError as error:
             raise SbmoeError(f"--mode {mode}: {error}") from error
     corpus_path = Path(corpus_path).resolve()
