@@ -6,18 +6,22 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import make_synthetic_beir, make_tiny_encoder
 
 from sbmoe.analysis.routing import expert_counts, expert_shares
+from sbmoe.cli import main
 from sbmoe.modeling import build_model, load_model, save_model
 from sbmoe.modeling.block_init import balanced_assignment, init_prototypes, upcycle
 from sbmoe.modeling.moe import SBMoEBlock, noise_weight
 from sbmoe.modeling.settings import BlockSettings
 from sbmoe.retrieval.encode import apply_head
+from sbmoe.training.config import TrainingConfig
 
 H = 4
 E0 = torch.tensor([2.0, 0.0, 0.0, 0.0])  # expert 0's constant output, unit vector [1, 0, 0, 0]
@@ -87,6 +91,15 @@ def test_gated_adapter_scales_the_normalised_expert_by_a_weight_strictly_inside_
     torch.testing.assert_close(weights, torch.sigmoid(z))
     assert bool((weights > 0).all()) and bool((weights[:2] < 1).all())  # (sigmoid(39) rounds to 1 in float32)
     torch.testing.assert_close(out, x + torch.sigmoid(z)[:, None] * UNIT[0])
+
+
+def test_the_gated_adapter_system_is_one_sigmoid_expert_with_the_learned_variant():
+    config = TrainingConfig(base="b", dataset="d", output_dir="o", system="gated-adapter")
+    assert (config.num_experts, config.router, config.variant) == (1, "sigmoid", "learned")
+    with pytest.raises(
+        ValueError, match="system gated-adapter sets router to 'sigmoid'; got router='cluster'"
+    ):
+        TrainingConfig(base="b", dataset="d", output_dir="o", system="gated-adapter", router="cluster")
 
 
 # ------------------------------------------------------------------------------------------ routing_noise
@@ -441,3 +454,129 @@ def paper_block(
 def test_bad_settings_raise_naming_the_field(settings, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         BlockSettings(**settings)
+
+
+# ------------------------------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory) -> Path:
+    return make_synthetic_beir(tmp_path_factory.mktemp("data") / "synthetic")
+
+
+@pytest.fixture(scope="module")
+def adapter(tiny_encoder, synthetic, tmp_path_factory) -> Path:
+    """A trained adapter (1 expert) on the tiny encoder."""
+    folder = tmp_path_factory.mktemp("adapter") / "model"
+    assert main(train_args(tiny_encoder, synthetic, folder, "--system", "adapter", "--freeze-encoder")) == 0
+    return folder
+
+
+def train_args(base, dataset, output, *extra) -> list[str]:
+    return [
+        "train", "--base", str(base), "--dataset", str(dataset), "--output-dir", str(output),
+        "--batch-size", "4", "--epochs", "1", "--no-progress", "--selection", "last", *extra,
+    ]  # fmt: skip
+
+
+def test_upcycled_cluster_model_with_a_null_expert_trains_and_evaluates(
+    tiny_encoder, synthetic, adapter, tmp_path
+):
+    run = tmp_path / "run"
+    extra = [
+        "--init-from",
+        str(adapter),
+        "--router",
+        "cluster",
+        "--null-quantile",
+        "0.2",
+        "--num-experts",
+        "2",
+    ]
+    assert main(train_args(tiny_encoder, synthetic, run, "--freeze-encoder", *extra)) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert (config["upcycled_from"], config["router"], config["null_quantile"]) == (
+        str(adapter),
+        "cluster",
+        0.2,
+    )
+    model, _ = load_model(run)
+    assert bool(model.moe.prototypes_initialized) and not torch.isnan(model.moe.null_cutoff)
+    steps = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+    assert all(len(r["expert_share"]) == 3 for r in steps if r["type"] == "step")  # 2 experts + the null one
+    out = tmp_path / "eval"
+    argv = [
+        "evaluate",
+        "--model",
+        str(run),
+        "--dataset",
+        str(synthetic),
+        "--output-dir",
+        str(out),
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    counts = json.loads((out / "metrics.json").read_text())["expert_counts"]
+    assert len(counts["documents"]) == 3 and sum(counts["documents"]) == 80
+    assert main([*argv[:-2], str(tmp_path / "eval-all"), "--mode", "all", "--no-progress"]) == 2
+
+
+def test_cluster_prototypes_from_the_encoded_corpus_when_the_encoder_trains(
+    tiny_encoder, synthetic, tmp_path
+):
+    run = tmp_path / "run"
+    assert main(train_args(tiny_encoder, synthetic, run, "--router", "cluster", "--num-experts", "2")) == 0
+    model, _ = load_model(run)
+    assert bool(model.moe.prototypes_initialized) and model.moe.prototypes.abs().sum() > 0
+
+
+def test_gated_adapter_trains(tiny_encoder, synthetic, tmp_path):
+    run = tmp_path / "run"
+    assert (
+        main(train_args(tiny_encoder, synthetic, run, "--system", "gated-adapter", "--freeze-encoder")) == 0
+    )
+    model, _ = load_model(run)
+    assert (model.moe.num_experts, model.moe.router, model.moe.variant) == (1, "sigmoid", "learned")
+    weights = model.moe(torch.randn(50, 32))[1].routing_weights
+    assert bool((weights > 0).all()) and bool((weights < 1).all())
+
+
+@pytest.fixture(scope="module")
+def other_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("others")
+    narrow = make_tiny_encoder(root / "narrow-encoder", hidden_size=16)
+    assert main(["init", "--base", str(narrow), "--num-experts", "1", "--output", str(root / "narrow")]) == 0
+    return {"narrow": root / "narrow", "encoder": narrow}
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("narrow", "hidden size 16 differs from the base encoder's 32"),
+        ("no-block", "the model has no MoE block"),
+        ("encoder", "not an SB-MoE model folder"),
+        ("missing", "not an SB-MoE model folder"),
+    ],
+)
+def test_init_from_a_model_that_cannot_be_upcycled_exits_2(
+    tiny_encoder, synthetic, other_models, tmp_path, capsys, source, message
+):
+    if source == "no-block":
+        folder = tmp_path / "plain"
+        assert main(["init", "--base", str(tiny_encoder), "--no-moe", "--output", str(folder)]) == 0
+    else:
+        folder = other_models.get(source, tmp_path / "nowhere")
+    output = tmp_path / "run"
+    assert (
+        main(train_args(tiny_encoder, synthetic, output, "--init-from", str(folder), "--freeze-encoder")) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("error: init_from ") and message in err, err
+    assert not output.exists()
+
+
+def test_unknown_routing_noise_on_the_command_line_exits_2_naming_the_choices(
+    tiny_encoder, synthetic, tmp_path, capsys
+):
+    assert main(train_args(tiny_encoder, synthetic, tmp_path / "run", "--routing-noise", "bogus")) == 2
+    assert "routing_noise must be one of ['noisy', 'none', 'anneal'], got 'bogus'" in capsys.readouterr().err

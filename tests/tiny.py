@@ -43,16 +43,16 @@ def make_tokenizer() -> BertTokenizerFast:
     return BertTokenizerFast(vocab=vocab, do_lower_case=True)
 
 
-def make_tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1) -> Path:
-    """A random 2-layer BERT (hidden 32) with its tokenizer, saved as a Hugging Face folder."""
+def make_tiny_encoder(folder: Path, seed: int = 0, dropout: float = 0.1, hidden_size: int = 32) -> Path:
+    """A random 2-layer BERT (hidden 32 unless given) with its tokenizer, saved as a Hugging Face folder."""
     torch.manual_seed(seed)
     tokenizer = make_tokenizer()
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=hidden_size,
         num_hidden_layers=2,
         num_attention_heads=2,
-        intermediate_size=64,
+        intermediate_size=2 * hidden_size,
         max_position_embeddings=64,
         hidden_dropout_prob=dropout,
         attention_probs_dropout_prob=dropout,

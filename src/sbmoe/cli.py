@@ -223,9 +223,18 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", choices=["paper"], help="the authors' recipe (batch 64, last epoch, ...)")
     parser.add_argument(
         "--system", metavar="{" + ",".join(SYSTEMS) + "}",
-        help="what trains: finetune (no block), sbmoe, adapter (one expert) or random-gate (default: sbmoe)",
+        help="what trains: finetune (no block), sbmoe, adapter (one expert), gated-adapter (one expert "
+        "scaled by a learned sigmoid gate) or random-gate (default: sbmoe)",
     )  # fmt: skip
     parser.add_argument("--moe", help="deprecated: the block variant, now --variant")
+    parser.add_argument(
+        "--init-from", metavar="MODEL",
+        help="sparse upcycling: an SB-MoE folder with a 1-expert block (e.g. a trained adapter) whose expert "
+        "starts every expert; the router starts fresh",
+    )  # fmt: skip
+    parser.add_argument(
+        "--upcycle-noise", type=float, help="noise added to each upcycled tensor, times its std (0.01)"
+    )
     parser.add_argument("--train-split")
     parser.add_argument("--validation-split", help="default: dev if the collection has one, else held out")
     parser.add_argument("--validation-share", type=float, help="share of training queries held out (0.05)")
@@ -260,8 +269,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         variant={
             "metavar": "{faithful,learned}",
             "help": "the block variant: faithful (the authors' code: the gate gets no gradient) or learned "
-            "(default: learned). A system name (finetune, sbmoe, adapter, random-gate) is still accepted "
-            "here and means --system (deprecated)",
+            "(default: learned). A system name (finetune, sbmoe, adapter, ...) is still accepted here and "
+            "means --system (deprecated)",
         },
     )
     _add_common(parser)

@@ -5,7 +5,7 @@
     train_datasets: [scifact]                # in-domain: each is trained on and tested on its own split
     zero_shot_datasets: [arguana, cranfield] # tested with models trained elsewhere
     systems: [zero-shot, adapter, random-gate, sbmoe-faithful, sbmoe-learned]   # or a mapping, below
-    num_experts: [3, 6, 9, 12]               # for sbmoe-* and random-gate (adapter has 1)
+    num_experts: [3, 6, 9, 12]               # for sbmoe-* and random-gate (adapter, gated-adapter: 1)
     modes: [top1, all]                       # inference routing evaluated for systems with a block
     seeds: [1, 2, 3]
     train_split: train
@@ -34,12 +34,15 @@ from sbmoe.modeling.moe import parse_mode
 from sbmoe.training.config import FIELD_NAMES as TRAINING_FIELDS
 from sbmoe.training.config import SYSTEM_BLOCK
 
-SYSTEMS = ("zero-shot", "finetune", "adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned")
+SYSTEMS = (
+    "zero-shot", "finetune", "adapter", "gated-adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned",
+)  # fmt: skip
 # What each system means for `sbmoe train` (TrainingConfig fields; the block fields a training system fixes
 # are in sbmoe.training.config.SYSTEM_BLOCK).
 SYSTEM_TRAINING: dict[str, dict[str, Any]] = {
     "finetune": {"system": "finetune"},
     "adapter": {"system": "adapter"},
+    "gated-adapter": {"system": "gated-adapter", "variant": "learned"},
     "random-gate": {"system": "random-gate"},
     "sbmoe-faithful": {"system": "sbmoe", "variant": "faithful"},
     "sbmoe-learned": {"system": "sbmoe", "variant": "learned"},

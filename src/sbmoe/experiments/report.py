@@ -41,11 +41,14 @@ RESULT_KEYS = (
     "run_id", "system", "base", "train_dataset", "num_experts", "seed", "eval_dataset", "setting", "mode",
     "metrics", "metrics_file",
 )  # fmt: skip
-SYSTEM_ORDER = ("zero-shot", "finetune", "adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned")
+SYSTEM_ORDER = (
+    "zero-shot", "finetune", "adapter", "gated-adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned",
+)  # fmt: skip
 SYSTEM_LABELS = {
     "zero-shot": "ZERO-SHOT",
     "finetune": "FINE-TUNED",
     "adapter": "ADAPTER",
+    "gated-adapter": "GATED ADAPTER",
     "random-gate": "RANDOM-GATE",
     "sbmoe-faithful": "SB-MoE faithful",
     "sbmoe-learned": "SB-MoE learned",
@@ -96,7 +99,7 @@ class SystemRow:
     def label(self) -> str:
         """The paper's name: "FINE-TUNED", "SB-MoE learned N=6 TOP-1", "SB-MoE faithful N=3 ALL"."""
         parts = [SYSTEM_LABELS.get(self.system, self.system)]
-        if self.system == "adapter":  # one expert: N and TOP-1 say nothing
+        if self.system in ("adapter", "gated-adapter"):  # one expert: N and TOP-1 say nothing
             if self.mode not in (None, "top1"):
                 parts.append(mode_label(self.mode))
             return " ".join(parts)

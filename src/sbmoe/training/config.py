@@ -15,10 +15,11 @@ from sbmoe.modeling.settings import BlockSettings, block_settings_of
 
 logger = logging.getLogger(__name__)
 
-SYSTEMS = ("finetune", "sbmoe", "adapter", "random-gate")
+SYSTEMS = ("finetune", "sbmoe", "adapter", "gated-adapter", "random-gate")
 # What a system fixes in the block; the other block fields are the run's own (see TrainingConfig).
 SYSTEM_BLOCK: dict[str, dict[str, Any]] = {
     "adapter": {"num_experts": 1},
+    "gated-adapter": {"num_experts": 1, "router": "sigmoid", "variant": "learned"},
     "random-gate": {"random_gate": True},
 }
 SCHEDULES = ("constant", "linear", "cosine")
@@ -61,10 +62,11 @@ class TrainingConfig(BlockSettings):
 
     The block's settings are inherited from `BlockSettings` (one declaration, validated there), so a config
     file, the command line and an experiment grid name them exactly as the model's config.json does.
-    `system` says what trains: finetune (no block), sbmoe, adapter (the block with one expert) or
-    random-gate (RANDOM-GATE). A system fixes some block fields (`SYSTEM_BLOCK`): they are set here, so
-    training_config.json records the block that was built; a conflicting explicit value is an error, except
-    num_experts, which the one-expert systems always set to 1.
+    `system` says what trains: finetune (no block), sbmoe, adapter (the block with one expert),
+    gated-adapter (one expert scaled by a learned sigmoid gate) or random-gate (RANDOM-GATE). A system fixes
+    some block fields (`SYSTEM_BLOCK`): they are set here, so training_config.json records the block that
+    was built; a conflicting explicit value is an error, except num_experts, which the one-expert systems
+    always set to 1. `init_from` upcycles a trained single-expert block into this run's experts.
     """
 
     base: str
@@ -77,6 +79,8 @@ class TrainingConfig(BlockSettings):
     validation_documents: int | None = None  # distractors besides the positives; None: all (frozen) or 1000
     # model (the block's fields come from BlockSettings)
     system: str = "sbmoe"
+    init_from: str | None = None  # sparse upcycling: a model folder whose 1-expert block seeds every expert
+    upcycle_noise: float = 0.01  # std of the noise added to each upcycled tensor, relative to its std
     pooling: str | None = None
     normalize: bool | None = None
     query_max_length: int | None = None
@@ -146,6 +150,10 @@ class TrainingConfig(BlockSettings):
             raise ValueError(
                 "freeze_encoder with system finetune leaves nothing to train; use adapter or sbmoe"
             )
+        if not isinstance(self.upcycle_noise, int | float) or not self.upcycle_noise >= 0:
+            raise ValueError(f"upcycle_noise must be >= 0, got {self.upcycle_noise!r}")
+        if self.init_from is not None and self.system == "finetune":
+            raise ValueError("init_from upcycles the block's experts; system finetune has no block")
 
     def _apply_system(self) -> None:
         """Set the block fields the system fixes; refuse an explicit value that contradicts it."""

@@ -34,7 +34,10 @@ from sbmoe.data import BeirDataset, load_dataset
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import evaluate_run
 from sbmoe.io import atomic_write_text, provenance, staged_folder, write_json
-from sbmoe.modeling import SBMoEModel, build_model
+from sbmoe.modeling import SBMoEModel, build_model, load_model
+from sbmoe.modeling.block_init import init_prototypes, upcycle
+from sbmoe.modeling.loading import is_sbmoe_folder
+from sbmoe.modeling.moe import noise_weight as routing_noise_weight
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
     apply_head,
@@ -109,14 +112,18 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         encoder_settings=config.encoder_settings(),
         **(config.model_settings() if config.uses_moe else {}),
     )
+    _upcycle(model, config)
     device = default_device() if not torch.cuda.is_available() else torch.device("cuda", info.local_rank)
     model.to(device)
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
         data.pooled = _pool_everything(model, tokenizer, data, config, device)
+    if checkpoint is None:  # a checkpoint holds the prototypes
+        _init_prototypes(model, tokenizer, data, config, device)
 
     batches_per_epoch = len(_batches(config, data, epoch=0, world_size=info.world_size))
-    optimizer, scheduler = _optimizer(model, config, total_steps=batches_per_epoch * config.epochs)
+    total_steps = batches_per_epoch * config.epochs
+    optimizer, scheduler = _optimizer(model, config, total_steps=total_steps)
     noise_generator = torch.Generator().manual_seed(config.seed)
     state = TrainerState()
     if checkpoint is not None:
@@ -144,7 +151,10 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         )  # fmt: skip
         for batch in batches[state.step_in_epoch :]:
             started = time.perf_counter()
-            parts, routing = _train_step(model, tokenizer, batch, data, config, info, noise_generator, device)
+            weight = _noise_weight(model, state.global_step, total_steps)
+            parts, routing = _train_step(
+                model, tokenizer, batch, data, config, info, noise_generator, device, noise_weight=weight
+            )
             if config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
             optimizer.step()
@@ -280,6 +290,61 @@ def _pool_everything(
     return pooled
 
 
+def _upcycle(model: SBMoEModel, config: TrainingConfig) -> None:
+    """Sparse upcycling (`init_from`): every expert starts as the trained single expert of another model.
+    Problems are user errors, raised before training."""
+    if config.init_from is None:
+        return
+    where = f"init_from {config.init_from}"
+    if not is_sbmoe_folder(config.init_from):
+        raise SbmoeError(
+            f"{where}: not an SB-MoE model folder (no config.json with model_type 'sbmoe'); give a model "
+            "with a 1-expert block, e.g. one trained with --system adapter"
+        )
+    source, _ = load_model(config.init_from, trust_remote_code=config.trust_remote_code)
+    if source.moe is None:
+        raise SbmoeError(
+            f"{where}: the model has no MoE block; upcycling needs a block of 1 expert (an adapter)"
+        )
+    if source.config.hidden_size != model.config.hidden_size:
+        raise SbmoeError(
+            f"{where}: hidden size {source.config.hidden_size} differs from the base encoder's "
+            f"{model.config.hidden_size}"
+        )
+    try:
+        upcycle(model.moe, source.moe, torch.Generator().manual_seed(config.seed), config.upcycle_noise)
+    except ValueError as error:
+        raise SbmoeError(f"{where}: {error}") from error
+    model.config.upcycled_from = str(config.init_from)
+    logger.info("Upcycled %d experts from %s (noise %g)", model.moe.num_experts, where, config.upcycle_noise)
+
+
+def _init_prototypes(
+    model: SBMoEModel, tokenizer, data: TrainingData, config: TrainingConfig, device
+) -> None:
+    """Cluster routing: prototypes from k-means of the documents' pooled vectors (the frozen encoder's table,
+    else the corpus encoded once and cached on disk)."""
+    if model.moe is None or model.moe.router != "cluster":
+        return
+    if data.pooled is not None:
+        vectors = data.pooled["document"][1]
+    else:
+        corpus = data.dataset.corpus
+        pooled, _ = encode_cached(
+            model, tokenizer, corpus.ids, corpus.document_texts(), "document",
+            cache=EmbeddingCache(), batch_size=config.encode_batch_size, device=device,
+            progress=config.progress,
+        )  # fmt: skip
+        vectors = torch.from_numpy(np.asarray(pooled))
+    assignment = init_prototypes(
+        model.moe, vectors, seed=config.seed, balanced=model.moe.settings.cluster_balanced
+    )
+    sizes = torch.bincount(assignment, minlength=model.moe.num_experts).tolist()
+    logger.info(
+        "Cluster routing: prototypes from k-means of %d documents, cluster sizes %s", len(vectors), sizes
+    )
+
+
 def _optimizer(model: SBMoEModel, config: TrainingConfig, total_steps: int):
     """AdamW with the encoder and the MoE block at their own learning rates (as the paper)."""
     groups = []
@@ -308,9 +373,10 @@ def _train_step(
     info: DistributedInfo,
     noise_generator: torch.Generator,
     device: torch.device,
+    noise_weight: float = 1.0,
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Forward and backward of one global batch; this process handles its shard. Returns loss parts and
-    routing statistics (summed over processes)."""
+    routing statistics (summed over processes). noise_weight: the routing noise's factor at this step."""
     size, num_docs = len(batch.query_ids), len(batch.doc_ids)
     # Routing noise for every text of the global batch, drawn in one order whatever the process count.
     num_experts = model.config.num_experts if model.moe is not None else 1
@@ -323,10 +389,11 @@ def _train_step(
     negative_noise = doc_noise[size:][lo * num_negatives : hi * num_negatives]
 
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-        queries = _embed(model, tokenizer, query_ids, "query", data, query_noise[lo:hi], device)
-        positives = _embed(model, tokenizer, positive_ids, "document", data, doc_noise[lo:hi], device)
+        w = noise_weight
+        queries = _embed(model, tokenizer, query_ids, "query", data, query_noise[lo:hi], device, w)
+        positives = _embed(model, tokenizer, positive_ids, "document", data, doc_noise[lo:hi], device, w)
         negatives = (
-            _embed(model, tokenizer, negative_ids, "document", data, negative_noise, device)
+            _embed(model, tokenizer, negative_ids, "document", data, negative_noise, device, w)
             if negative_ids
             else None
         )
@@ -343,7 +410,12 @@ def _train_step(
     return result.parts, _routing_stats(model, (queries, positives, negatives), info)
 
 
-def _embed(model, tokenizer, ids, kind, data, noise, device):
+def _noise_weight(model: SBMoEModel, step: int, total_steps: int) -> float:
+    """The routing noise's factor at `step` (`sbmoe.modeling.moe.noise_weight`); 1 without a block."""
+    return 1.0 if model.moe is None else routing_noise_weight(model.moe.settings, step, total_steps)
+
+
+def _embed(model, tokenizer, ids, kind, data, noise, device, noise_weight=1.0):
     if data.pooled is not None:
         rows, table = data.pooled[kind]
         pooled = table[[rows[i] for i in ids]].to(device)
@@ -357,7 +429,9 @@ def _embed(model, tokenizer, ids, kind, data, noise, device):
             return_tensors="pt",
         ).to(device)
         pooled = model.pool(tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"))
-    return model.head(pooled, noise=noise.to(device) if model.moe is not None else None)
+    if model.moe is None:
+        return model.head(pooled)
+    return model.head(pooled, noise=noise.to(device), noise_weight=noise_weight)
 
 
 def _document_texts(data: TrainingData, ids: list[str]) -> list[str]:
@@ -373,17 +447,18 @@ def _local_aux_loss(*outputs) -> torch.Tensor | None:
 
 
 def _routing_stats(model: SBMoEModel, outputs, info: DistributedInfo) -> dict[str, torch.Tensor]:
-    """Texts per top expert and the summed routing entropy, over all processes."""
+    """Texts per top expert (a last bin for the null expert, if any) and the summed routing entropy, over
+    all processes."""
     if model.moe is None:
         return {}
-    n = model.config.num_experts
+    n = model.moe.num_choices
     counts = torch.zeros(n)
     entropy = torch.zeros(1)
     for output in outputs:
         if output is None:
             continue
         counts += torch.bincount(output.selected_experts[:, 0].cpu(), minlength=n).float()
-        probs = output.router_logits.detach().float().softmax(dim=-1).cpu()
+        probs = model.moe.probabilities(output.router_logits.detach().float()).cpu()
         entropy += -(probs * probs.clamp(min=1e-12).log()).sum()
     total = all_reduce_sum(torch.cat([counts, entropy]), info)
     return {"counts": total[:n], "entropy": total[n] / total[:n].sum().clamp(min=1)}
