@@ -165,3 +165,42 @@ def test_quickstart_end_to_end_on_a_tiny_model(tiny_encoder, collections, tmp_pa
     for name in ("routing.json", "expert_shares.png", "document_map.png"):
         assert (out / "analysis" / name).stat().st_size > 0
     assert (out / "analysis" / "expert_shares.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_system_upcycles_from_another_systems_model_of_the_same_seed(tiny_encoder, collections, tmp_path):
+    systems = {"adapter": {}, "up": {"system": "sbmoe-learned", "init_from": "@adapter", "num_experts": [2]}}
+    raw = grid(tiny_encoder, collections, systems=systems, seeds=[1], modes=["top1"])
+    del raw["zero_shot_datasets"]
+    config = build_experiment_config({**raw, "training": {**raw["training"], "epochs": 1}}, where="test")
+    runs = plan_runs(config)
+    assert [run.init_from_run for run in runs] == [None, "alpha/tiny-bert/adapter-n1/seed1"]
+    run_experiment(config, tmp_path / "exp", progress=False)
+    folders = tmp_path / "exp" / "runs" / "alpha" / "tiny-bert"
+    upcycled = json.loads((folders / "up-n2" / "seed1" / "model" / "config.json").read_text())
+    assert upcycled["upcycled_from"] == str(folders / "adapter-n1" / "seed1" / "model")
+    assert (folders / "adapter-n1" / "seed1" / "model" / "model.safetensors").is_file()  # kept: a source
+    assert not (folders / "up-n2" / "seed1" / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("systems", "training", "message"),
+    [
+        (
+            {"up": {"system": "sbmoe-learned", "init_from": "@adapter"}, "adapter": {}},
+            {},
+            "listed before 'up'",
+        ),
+        (
+            {"sbmoe-learned": {}, "up": {"system": "sbmoe-learned", "init_from": "@sbmoe-learned"}},
+            {},
+            "1 expert",
+        ),
+        ({"adapter": {}}, {"init_from": "@adapter"}, "belongs in a system's entry"),
+    ],
+)
+def test_init_from_a_label_is_checked_with_the_grid(tiny_encoder, collections, systems, training, message):
+    raw = grid(tiny_encoder, collections, systems=systems)
+    with pytest.raises(SbmoeError, match=re.escape(message)):
+        build_experiment_config(
+            {**raw, "training": {**raw["training"], **training}}, where="t", check_data=False
+        )

@@ -17,6 +17,9 @@
 `systems` may also map a label to settings: `sbmoe-learned-lb: {system: sbmoe-learned, num_experts: [6],
 router_aux_loss_coef: 0.01}` (system defaults to the label; other keys are TrainingConfig fields, every
 block field of `BlockSettings` included, except those the system fixes, e.g. variant for sbmoe-learned).
+`init_from: "@adapter"` upcycles from the model of the system labelled `adapter` trained in the same grid
+(same base, collection and seed): that system must have one expert and be listed before; its models are
+kept. Only its block is taken (sparse upcycling); the run's encoder is the base.
 """
 
 from __future__ import annotations
@@ -197,6 +200,8 @@ def _check_training_keys(settings: dict[str, Any], where: str, fail) -> None:
     unknown = sorted(set(settings) - TRAINING_FIELDS)
     if unknown:
         raise fail(f"{where}: unknown training setting(s) {unknown}")
+    if where == "training" and init_from_label(settings) is not None:
+        raise fail("training: init_from '@label' belongs in a system's entry (it names another system)")
     owned = sorted(set(settings) & GRID_OWNED)
     if owned:
         raise fail(f"{where}: {owned} are set by the grid itself, not under training")
@@ -227,8 +232,28 @@ def _parse_systems(raw: Any, num_experts: list[int], fail) -> list[SystemSpec]:
                 f"systems.{label}: system {system} fixes "
                 + ", ".join(f"{key} to {fixed[key]!r}" for key in clashes)
             )
+        _check_init_from(label, settings, specs, fail)
         specs.append(SystemSpec(label=label, system=system, num_experts=experts, training=settings))
     return specs
+
+
+def _check_init_from(label: str, settings: dict[str, Any], earlier: list[SystemSpec], fail) -> None:
+    """`init_from: "@other"` names a system listed before, with one expert (its model seeds the experts)."""
+    source = settings.get("init_from")
+    if not (isinstance(source, str) and source.startswith("@")):
+        return
+    spec = next((spec for spec in earlier if spec.label == source[1:]), None)
+    if spec is None or spec.num_experts != (1,):
+        raise fail(
+            f"systems.{label}.init_from {source!r}: must name a system with 1 expert listed before "
+            f"{label!r} (e.g. @adapter); listed before: {[spec.label for spec in earlier]}"
+        )
+
+
+def init_from_label(training: dict[str, Any]) -> str | None:
+    """The system label an `init_from: "@label"` setting refers to, or None."""
+    source = training.get("init_from")
+    return source[1:] if isinstance(source, str) and source.startswith("@") else None
 
 
 def _fixed_settings(system: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.evaluate import EvaluateSettings, evaluate, mode_folder
-from sbmoe.experiments.config import SYSTEM_TRAINING, ExperimentConfig
+from sbmoe.experiments.config import SYSTEM_TRAINING, ExperimentConfig, init_from_label
 from sbmoe.io import atomic_write_text, provenance, write_json
 from sbmoe.modeling import load_model
 from sbmoe.training.config import TrainingConfig
@@ -40,6 +40,12 @@ class Run:
     num_experts: int | None
     seed: int | None
     training: dict[str, Any]
+    init_from_run: str | None = None  # the run whose model `init_from: "@label"` upcycles
+
+
+def _run_id(dataset: str, base_tag: str, label: str, experts: int | None, seed: int) -> str:
+    suffix = "" if experts is None else f"-n{experts}"
+    return f"{dataset}/{base_tag}/{label}{suffix}/seed{seed}"
 
 
 def plan_runs(config: ExperimentConfig) -> list[Run]:
@@ -54,13 +60,24 @@ def plan_runs(config: ExperimentConfig) -> list[Run]:
             for spec in config.systems:
                 if spec.system == "zero-shot":
                     continue
+                source = init_from_label(spec.training)  # a system with 1 expert (checked by the config)
                 for experts in spec.num_experts:
-                    suffix = "" if experts is None else f"-n{experts}"
                     for seed in config.seeds:
-                        run_id = f"{dataset}/{base_tag}/{spec.label}{suffix}/seed{seed}"
+                        run_id = _run_id(dataset, base_tag, spec.label, experts, seed)
                         training = {**config.training, **spec.training}
+                        source_run = _run_id(dataset, base_tag, source, 1, seed) if source else None
                         runs.append(
-                            Run(run_id, spec.label, spec.system, base, dataset, experts, seed, training)
+                            Run(
+                                run_id,
+                                spec.label,
+                                spec.system,
+                                base,
+                                dataset,
+                                experts,
+                                seed,
+                                training,
+                                source_run,
+                            )
                         )
     return runs
 
@@ -126,6 +143,8 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             "seed": run.seed,
             "num_experts": run.num_experts or 1,
         }
+        if run.init_from_run is not None:  # "@label": the model of that system's run, same seed
+            settings["init_from"] = str(output / "runs" / run.init_from_run / "model")
         settings.setdefault("progress", False)
         try:
             train(TrainingConfig(**settings))
@@ -170,6 +189,9 @@ def _modes(run: Run, config: ExperimentConfig, model) -> tuple[str, ...] | None:
 
 
 def _keeps_model(run: Run, config: ExperimentConfig) -> bool:
+    """Models asked for by keep_models, and those another system upcycles from (init_from "@label")."""
+    if any(init_from_label(spec.training) == run.label for spec in config.systems):
+        return True
     keep = config.keep_models
     return keep if isinstance(keep, bool) else run.label in keep
 
