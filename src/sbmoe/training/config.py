@@ -218,7 +218,7 @@ def upgrade_legacy_settings(settings: dict[str, Any], where: str, warn: bool = T
             )
         settings["system"] = system
         deprecated(
-            f"variant {system!r} names a system: use system: {system} (variant is faithful or learned)"
+            f"variant {system} names a system: now system {system} (--system); variant is faithful|learned"
         )
     if "moe" in settings:
         variant = settings.pop("moe")
@@ -226,7 +226,7 @@ def upgrade_legacy_settings(settings: dict[str, Any], where: str, warn: bool = T
             if settings.get("variant", variant) != variant:
                 raise SbmoeError(f"{where}: moe {variant!r} contradicts variant {settings['variant']!r}")
             settings["variant"] = variant
-            deprecated(f"moe: {variant} is now variant: {variant}")
+            deprecated(f"moe {variant} is now variant {variant} (--variant)")
     return settings
 
 
