@@ -69,6 +69,8 @@ def test_faithful_gate_moves_only_by_weight_decay(tiny_encoder, synthetic, tmp_p
         freeze_encoder=True,
         selection="last",
         weight_decay=0.05,
+        schedule="constant",  # the decay below assumes one learning rate throughout
+        warmup_ratio=0.0,
     )
     train(config)
     from sbmoe.modeling import build_model
@@ -337,3 +339,25 @@ def test_random_gate_trains_and_validates_with_per_text_routing(tiny_encoder, sy
     assert summary["best_validation_ndcg@10"] is not None
     model, _ = load_model(tmp_path / "run")
     assert model.config.random_gate and model.config.default_mode == "random"
+
+
+def test_default_recipe_depends_on_the_regime_and_explicit_values_win():
+    from sbmoe.training.config import resolve_config
+
+    frozen = resolve_config({}, {"base": "b", "dataset": "d", "output_dir": "o", "freeze_encoder": True})
+    assert (frozen.epochs, frozen.moe_lr, frozen.schedule, frozen.warmup_ratio, frozen.selection) == (
+        60, 3e-3, "cosine", 0.05, "last",
+    )  # fmt: skip
+    full = resolve_config({}, {"base": "b", "dataset": "d", "output_dir": "o", "system": "finetune"})
+    assert (full.epochs, full.encoder_lr, full.schedule, full.warmup_ratio, full.selection) == (
+        3, 2e-5, "linear", 0.1, "last",
+    )  # fmt: skip
+    mine = resolve_config({"epochs": 7}, {"base": "b", "dataset": "d", "output_dir": "o", "moe_lr": 5e-4})
+    assert (mine.epochs, mine.moe_lr) == (7, 5e-4)
+    paper = resolve_config({}, {"preset": "paper", "base": "b", "dataset": "d", "output_dir": "o"})
+    assert (paper.encoder_lr, paper.moe_lr, paper.schedule, paper.warmup_ratio) == (
+        1e-6,
+        1e-4,
+        "constant",
+        0.0,
+    )

@@ -205,7 +205,7 @@ def _run_export(args: argparse.Namespace) -> int:
 
 
 def _add_train(commands: argparse._SubParsersAction) -> None:
-    from sbmoe.training.config import SYSTEMS
+    from sbmoe.training.config import DEFAULT_RECIPE, SYSTEMS
 
     parser = commands.add_parser(
         "train",
@@ -243,12 +243,17 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--hard-negatives", help="bm25, or a TREC run file to take negatives from")
     parser.add_argument("--num-hard-negatives", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--encoder-lr", type=float)
-    parser.add_argument("--moe-lr", type=float)
+    recipe = DEFAULT_RECIPE  # the defaults of the two regimes: frozen encoder, or encoder training
+
+    def default(name: str) -> str:
+        return f"default: {recipe['frozen'][name]} with --freeze-encoder, else {recipe['full'][name]}"
+
+    parser.add_argument("--epochs", type=int, help=default("epochs"))
+    parser.add_argument("--encoder-lr", type=float, help=f"default {recipe['full']['encoder_lr']}")
+    parser.add_argument("--moe-lr", type=float, help=f"the block's learning rate; {default('moe_lr')}")
     parser.add_argument("--weight-decay", type=float)
-    parser.add_argument("--schedule", choices=["constant", "linear", "cosine"])
-    parser.add_argument("--warmup-ratio", type=float)
+    parser.add_argument("--schedule", choices=["constant", "linear", "cosine"], help=default("schedule"))
+    parser.add_argument("--warmup-ratio", type=float, help=default("warmup_ratio"))
     parser.add_argument("--max-grad-norm", type=float)
     parser.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
     parser.add_argument(
@@ -256,8 +261,9 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
         help="train only the block on cached pooled vectors (fast on a CPU)",
     )  # fmt: skip
     parser.add_argument(
-        "--selection", choices=["best", "last"], help="model kept: best validation nDCG@10 or last"
-    )
+        "--selection", choices=["best", "last"],
+        help="model kept: last (default) or best validation nDCG@10 (with early stopping)",
+    )  # fmt: skip
     parser.add_argument("--early-stopping-patience", type=int)
     parser.add_argument("--checkpoint-every-steps", type=int)
     parser.add_argument("--seed", type=int)
