@@ -2,12 +2,17 @@
 
 Every epoch's order, positives and hard negatives are a function of (seed, epoch) alone, so a run resumed
 mid-epoch sees exactly the batches it would have seen, on any number of processes.
+
+Several collections (a dataset named "scifact+nfcorpus-preproc", `collection_names`) train one model: each
+collection's batches are built as for that collection alone, their ids prefixed with the collection's name
+("scifact/123", `relabel`) so ids of different collections never clash, and the batches of all
+collections are shuffled together (`interleave`): every batch holds the queries of one collection.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -16,6 +21,8 @@ from sbmoe.errors import SbmoeError
 from sbmoe.training.negatives import Negatives, sample_negatives
 
 logger = logging.getLogger(__name__)
+
+COLLECTION_SEPARATOR = "+"  # "scifact+nfcorpus-preproc": one model trained on both collections
 
 
 @dataclass(frozen=True)
@@ -139,3 +146,39 @@ def shard(
         batch.doc_ids[lo:hi],
         negatives[lo * num_negatives : hi * num_negatives],
     )
+
+
+def collection_names(dataset: str) -> list[str]:
+    """The collections a dataset setting names: "scifact" -> ["scifact"]; "scifact+nfcorpus-preproc" ->
+    ["scifact", "nfcorpus-preproc"]. Raises SbmoeError for an empty or repeated name."""
+    names = [name.strip() for name in str(dataset).split(COLLECTION_SEPARATOR)]
+    if not all(names):
+        raise SbmoeError(
+            f"dataset {dataset!r}: an empty collection name; join several collections with "
+            f"{COLLECTION_SEPARATOR!r}, e.g. scifact{COLLECTION_SEPARATOR}nfcorpus-preproc"
+        )
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise SbmoeError(f"dataset {dataset!r} names {repeated} more than once")
+    return names
+
+
+def relabel(batch: Batch, rename: Callable[[str], str]) -> Batch:
+    """The batch with every query and document id passed through `rename` (e.g. "123" -> "scifact/123")."""
+    return Batch(
+        query_ids=[rename(i) for i in batch.query_ids],
+        doc_ids=[rename(i) for i in batch.doc_ids],
+        positives_of=[frozenset(rename(i) for i in docs) for docs in batch.positives_of],
+    )
+
+
+def interleave(batches_of: Sequence[list[Batch]], seed: int, epoch: int) -> list[Batch]:
+    """One epoch's batches of several collections (a list each) in one seeded random order; each batch
+    stays whole, so it still holds one collection's queries. A single collection's list is returned as is.
+    """
+    if len(batches_of) == 1:
+        return list(batches_of[0])
+    everything = [batch for batches in batches_of for batch in batches]
+    # A stream of its own: the collections' generators are seeded by seed * 1_000_003 + epoch.
+    generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2 + 1)
+    return [everything[i] for i in torch.randperm(len(everything), generator=generator).tolist()]

@@ -1,5 +1,9 @@
 """`train(config)`: the training loop, top to bottom.
 
+`config.dataset` names one collection, or several joined by "+" (`sbmoe.training.data.collection_names`):
+then every batch holds one collection's queries, the batches of all collections are interleaved, and
+validation is each collection's own (the validation metric is their mean).
+
 Output folder (DIR):
     config.json, model.safetensors, tokenizer files   the selected model (best validation nDCG@10, or last)
     training_config.json                                the resolved TrainingConfig and provenance
@@ -19,6 +23,7 @@ import logging
 import math
 import os
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +53,17 @@ from sbmoe.retrieval.encode import (
 )
 from sbmoe.retrieval.search import exact_search, to_run
 from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig, upgrade_legacy_settings
-from sbmoe.training.data import Batch, Example, epoch_batches, hold_out, shard, training_examples
+from sbmoe.training.data import (
+    Batch,
+    Example,
+    collection_names,
+    epoch_batches,
+    hold_out,
+    interleave,
+    relabel,
+    shard,
+    training_examples,
+)
 from sbmoe.training.distributed import (
     DistributedInfo,
     all_reduce_gradients,
@@ -82,9 +97,12 @@ class TrainerState:
 
 
 @dataclass
-class TrainingData:
-    """Everything the loop reads: examples, texts, and (frozen encoder) the pooled vectors."""
+class CollectionData:
+    """What the loop reads of one training collection, in its own ids: examples, texts, and (frozen
+    encoder) the pooled vectors."""
 
+    name: str
+    prefix: str  # of its ids in batches: "" when it is the only collection, else "<name>/"
     dataset: BeirDataset
     train: list[Example]
     validation: list[Example]
@@ -95,14 +113,32 @@ class TrainingData:
     pooled: dict[str, tuple[dict[str, int], torch.Tensor]] | None = None  # kind -> (id -> row, [N, H])
 
 
+@dataclass
+class TrainingData:
+    """Everything the loop reads: one `CollectionData` per training collection. Batches carry ids prefixed
+    with their collection's name ("scifact/123") when there are several."""
+
+    collections: list[CollectionData]
+
+    def resolve(self, batch: Batch) -> tuple[CollectionData, Batch]:
+        """The collection a batch comes from, and the batch in that collection's own ids."""
+        if len(self.collections) == 1:
+            return self.collections[0], batch
+        name = batch.query_ids[0].partition("/")[0]
+        collection = next(c for c in self.collections if c.name == name)
+        ids = [*batch.query_ids, *batch.doc_ids]
+        if not all(i.startswith(collection.prefix) for i in ids):
+            raise AssertionError(f"a batch mixes collections: {ids}")  # interleave keeps batches whole
+        return collection, relabel(batch, lambda i: i.removeprefix(collection.prefix))
+
+
 def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     """Train as `config` says; returns a summary. Raises SbmoeError on bad input before writing anything."""
     info = init_distributed()
     output = Path(config.output_dir)
     checkpoint = _check_output(output, config, resume)
 
-    dataset = load_dataset(config.dataset, config.data_dir)
-    data = _training_data(config, dataset, info)
+    data = _training_data(config, info)
     torch.manual_seed(config.seed)
     model, tokenizer = build_model(
         config.base,
@@ -117,7 +153,8 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     model.to(device)
     if config.freeze_encoder:
         model.encoder.requires_grad_(False)
-        data.pooled = _pool_everything(model, tokenizer, data, config, device)
+        for collection in data.collections:
+            collection.pooled = _pool_everything(model, tokenizer, collection, config, device)
     if checkpoint is None:  # a checkpoint holds the prototypes
         _init_prototypes(model, tokenizer, data, config, device)
 
@@ -137,7 +174,8 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     trainable = [p for p in model.parameters() if p.requires_grad]
     logger.info(
         "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s",
-        config.system, dataset.name, len(data.train), len(data.validation), batches_per_epoch,
+        config.system, config.dataset, sum(len(c.train) for c in data.collections),
+        sum(len(c.validation) for c in data.collections), batches_per_epoch,
         f"{sum(p.numel() for p in trainable):,}",
         " (frozen encoder: cached pooled vectors)" if config.freeze_encoder else "",
     )  # fmt: skip
@@ -219,7 +257,50 @@ def _check_output(output: Path, config: TrainingConfig, resume: bool) -> Path | 
     return checkpoints[-1] if checkpoints else None
 
 
-def _training_data(config: TrainingConfig, dataset: BeirDataset, info: DistributedInfo) -> TrainingData:
+def _training_data(config: TrainingConfig, info: DistributedInfo) -> TrainingData:
+    """Every training collection of `config.dataset`, checked (each exists and has the training split)
+    before any is read further."""
+    names = collection_names(config.dataset)
+    several = len(names) > 1
+    if several and config.hard_negatives not in (None, "bm25"):
+        raise SbmoeError(
+            f"hard_negatives {config.hard_negatives!r}: a run file holds one collection's ids; with several "
+            f"collections ({config.dataset}) use hard_negatives: bm25 (mined per collection)"
+        )
+    if config.batch_size % info.world_size:
+        raise SbmoeError(
+            f"batch_size {config.batch_size} must be divisible by the {info.world_size} processes"
+        )
+    datasets = []
+    for name in names:
+        try:
+            dataset = load_dataset(name, config.data_dir)
+            dataset.qrels(config.train_split)  # a missing split is an error now, not after the others
+        except SbmoeError as error:
+            if not several:
+                raise
+            raise SbmoeError(f"training collection {name!r} of {config.dataset!r}: {error}") from error
+        datasets.append(dataset)
+    # Several: each collection is known by its name as given (a folder's last part), also in the logs.
+    short = [Path(name).name for name in names] if several else [datasets[0].name]
+    if len(set(short)) < len(short):
+        raise SbmoeError(
+            f"dataset {config.dataset!r}: two collections share the name {short}; their ids are told apart "
+            "by it"
+        )
+    return TrainingData(
+        [
+            _collection_data(config, dataset, name, f"{name}/" if several else "", info)
+            for name, dataset in zip(short, datasets, strict=True)
+        ]
+    )
+
+
+def _collection_data(
+    config: TrainingConfig, dataset: BeirDataset, name: str, prefix: str, info: DistributedInfo
+) -> CollectionData:
+    """One collection's examples and validation (its dev split if any, else held-out training queries),
+    hard negatives and validation documents."""
     query_ids, doc_ids = set(dataset.queries), set(dataset.corpus.ids)
     examples = training_examples(dataset.qrels(config.train_split), query_ids, doc_ids, config.train_split)
     validation_split = config.validation_split
@@ -238,10 +319,6 @@ def _training_data(config: TrainingConfig, dataset: BeirDataset, info: Distribut
             f"batch_size {config.batch_size} is larger than the {len(train_examples)} training queries of "
             f"{dataset.name}/{config.train_split} (after holding out validation); lower --batch-size"
         )
-    if config.batch_size % info.world_size:
-        raise SbmoeError(
-            f"batch_size {config.batch_size} must be divisible by the {info.world_size} processes"
-        )
     negatives = None
     if config.num_hard_negatives and config.hard_negatives:
         qrels = dataset.qrels(config.train_split)
@@ -254,26 +331,39 @@ def _training_data(config: TrainingConfig, dataset: BeirDataset, info: Distribut
             negatives = load_negatives_run(config.hard_negatives, qrels, depth=config.hard_negative_depth)
     doc_rows = {doc_id: row for row, doc_id in enumerate(dataset.corpus.ids)}
     validation_doc_ids = _validation_documents(dataset.corpus.ids, validation, config)
-    return TrainingData(
-        dataset, train_examples, validation, validation_qrels, negatives, doc_rows, validation_doc_ids
-    )
-
-
-def _batches(config: TrainingConfig, data: TrainingData, epoch: int, world_size: int) -> list[Batch]:
-    hard = config.num_hard_negatives if config.hard_negatives else 0
-    return epoch_batches(
-        data.train, config.batch_size, config.seed, epoch, negatives=data.negatives, num_negatives=hard,
-        all_doc_ids=data.dataset.corpus.ids, world_size=world_size,
+    return CollectionData(
+        name, prefix, dataset, train_examples, validation, validation_qrels, negatives, doc_rows,
+        validation_doc_ids,
     )  # fmt: skip
 
 
+def _batches(config: TrainingConfig, data: TrainingData, epoch: int, world_size: int) -> list[Batch]:
+    """The epoch's batches: each collection's as if it were alone, then (several) interleaved."""
+    hard = config.num_hard_negatives if config.hard_negatives else 0
+    batches_of = []
+    for collection in data.collections:
+        batches = epoch_batches(
+            collection.train, config.batch_size, config.seed, epoch, negatives=collection.negatives,
+            num_negatives=hard, all_doc_ids=collection.dataset.corpus.ids, world_size=world_size,
+        )  # fmt: skip
+        if collection.prefix:  # "alpha/q1", "beta/q1": ids of different collections never clash
+            batches = [relabel(batch, collection.prefix.__add__) for batch in batches]
+        batches_of.append(batches)
+    return interleave(batches_of, config.seed, epoch)
+
+
 def _pool_everything(
-    model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, data: TrainingData, config: TrainingConfig, device
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    collection: CollectionData,
+    config: TrainingConfig,
+    device,
 ) -> dict[str, tuple[dict[str, int], torch.Tensor]]:
-    """Frozen encoder: the pooled vector of every query and document, encoded once (and cached on disk)."""
+    """Frozen encoder: the pooled vector of every query and document of a collection, encoded once (and
+    cached on disk, under the collection's own ids: shared with evaluation)."""
     cache = EmbeddingCache()
-    corpus, queries = data.dataset.corpus, data.dataset.queries
-    wanted = sorted({e.query_id for e in (*data.train, *data.validation)})
+    corpus, queries = collection.dataset.corpus, collection.dataset.queries
+    wanted = sorted({e.query_id for e in (*collection.train, *collection.validation)})
     pooled = {}
     for kind, ids, texts in (
         ("document", corpus.ids, corpus.document_texts()),
@@ -322,20 +412,23 @@ def _upcycle(model: SBMoEModel, config: TrainingConfig) -> None:
 def _init_prototypes(
     model: SBMoEModel, tokenizer, data: TrainingData, config: TrainingConfig, device
 ) -> None:
-    """Cluster routing: prototypes from k-means of the documents' pooled vectors (the frozen encoder's table,
-    else the corpus encoded once and cached on disk)."""
+    """Cluster routing: prototypes from k-means of the documents' pooled vectors, those of every training
+    collection together (the frozen encoder's tables, else each corpus encoded once and cached on disk)."""
     if model.moe is None or model.moe.router != "cluster":
         return
-    if data.pooled is not None:
-        vectors = data.pooled["document"][1]
-    else:
-        corpus = data.dataset.corpus
+    tables = []
+    for collection in data.collections:
+        if collection.pooled is not None:
+            tables.append(collection.pooled["document"][1])
+            continue
+        corpus = collection.dataset.corpus
         pooled, _ = encode_cached(
             model, tokenizer, corpus.ids, corpus.document_texts(), "document",
             cache=EmbeddingCache(), batch_size=config.encode_batch_size, device=device,
             progress=config.progress,
         )  # fmt: skip
-        vectors = torch.from_numpy(np.asarray(pooled))
+        tables.append(torch.from_numpy(np.asarray(pooled)))
+    vectors = torch.cat(tables)  # [documents of all collections, H]
     assignment = init_prototypes(
         model.moe, vectors, seed=config.seed, balanced=model.moe.settings.cluster_balanced
     )
@@ -377,6 +470,7 @@ def _train_step(
 ) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
     """Forward and backward of one global batch; this process handles its shard. Returns loss parts and
     routing statistics (summed over processes). noise_weight: the routing noise's factor at this step."""
+    collection, batch = data.resolve(batch)  # one collection's queries and documents, in its own ids
     size, num_docs = len(batch.query_ids), len(batch.doc_ids)
     # Routing noise for every text of the global batch, drawn in one order whatever the process count.
     num_experts = model.config.num_experts if model.moe is not None else 1
@@ -390,10 +484,12 @@ def _train_step(
 
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
         w = noise_weight
-        queries = _embed(model, tokenizer, query_ids, "query", data, query_noise[lo:hi], device, w)
-        positives = _embed(model, tokenizer, positive_ids, "document", data, doc_noise[lo:hi], device, w)
+        queries = _embed(model, tokenizer, query_ids, "query", collection, query_noise[lo:hi], device, w)
+        positives = _embed(
+            model, tokenizer, positive_ids, "document", collection, doc_noise[lo:hi], device, w
+        )
         negatives = (
-            _embed(model, tokenizer, negative_ids, "document", data, negative_noise, device, w)
+            _embed(model, tokenizer, negative_ids, "document", collection, negative_noise, device, w)
             if negative_ids
             else None
         )
@@ -415,12 +511,16 @@ def _noise_weight(model: SBMoEModel, step: int, total_steps: int) -> float:
     return 1.0 if model.moe is None else routing_noise_weight(model.moe.settings, step, total_steps)
 
 
-def _embed(model, tokenizer, ids, kind, data, noise, device, noise_weight=1.0):
-    if data.pooled is not None:
-        rows, table = data.pooled[kind]
+def _embed(model, tokenizer, ids, kind, collection: CollectionData, noise, device, noise_weight=1.0):
+    if collection.pooled is not None:
+        rows, table = collection.pooled[kind]
         pooled = table[[rows[i] for i in ids]].to(device)
     else:
-        texts = [data.dataset.queries[i] for i in ids] if kind == "query" else _document_texts(data, ids)
+        texts = (
+            [collection.dataset.queries[i] for i in ids]
+            if kind == "query"
+            else _document_texts(collection, ids)
+        )
         tokens = tokenizer(
             texts,
             padding=True,
@@ -434,8 +534,8 @@ def _embed(model, tokenizer, ids, kind, data, noise, device, noise_weight=1.0):
     return model.head(pooled, noise=noise.to(device), noise_weight=noise_weight)
 
 
-def _document_texts(data: TrainingData, ids: list[str]) -> list[str]:
-    corpus, rows = data.dataset.corpus, data.doc_rows
+def _document_texts(collection: CollectionData, ids: list[str]) -> list[str]:
+    corpus, rows = collection.dataset.corpus, collection.doc_rows
     return [(corpus.titles[rows[i]] + " " + corpus.texts[rows[i]]).strip() for i in ids]
 
 
@@ -492,18 +592,41 @@ def _end_of_epoch(model, tokenizer, data, config, state, output, info, device, l
 
 
 def validate(model, tokenizer, data: TrainingData, config: TrainingConfig, device) -> dict[str, float]:
-    """Metrics of the validation queries against the corpus (all of it, or positives + sampled ones)."""
-    queries = data.dataset.queries
-    query_ids = [e.query_id for e in data.validation]
-    doc_ids = data.validation_doc_ids
-    if data.pooled is not None:
-        rows, table = data.pooled["document"]
+    """Metrics of the validation queries against their corpus. Several collections: each is validated on
+    its own, and the result holds each metric's mean over the collections and every collection's own
+    metrics as "<collection>/<metric>"."""
+    per_collection = {
+        collection.name: _validate_collection(model, tokenizer, collection, config, device)
+        for collection in data.collections
+    }
+    model.train()
+    if len(per_collection) == 1:
+        return next(iter(per_collection.values()))
+    names = list(next(iter(per_collection.values())))
+    means = {name: statistics.fmean(metrics[name] for metrics in per_collection.values()) for name in names}
+    return means | {
+        f"{collection}/{name}": value
+        for collection, metrics in per_collection.items()
+        for name, value in metrics.items()
+    }
+
+
+def _validate_collection(
+    model, tokenizer, collection: CollectionData, config: TrainingConfig, device
+) -> dict[str, float]:
+    """One collection's validation queries searched against its corpus (all of it, or positives + sampled
+    distractors)."""
+    queries = collection.dataset.queries
+    query_ids = [e.query_id for e in collection.validation]
+    doc_ids = collection.validation_doc_ids
+    if collection.pooled is not None:
+        rows, table = collection.pooled["document"]
         pooled_docs = table[[rows[i] for i in doc_ids]].numpy()
-        rows, table = data.pooled["query"]
+        rows, table = collection.pooled["query"]
         pooled_queries = table[[rows[i] for i in query_ids]].numpy()
     else:
         pooled_docs = encode_pooled(
-            model, tokenizer, _document_texts(data, doc_ids), "document",
+            model, tokenizer, _document_texts(collection, doc_ids), "document",
             batch_size=config.encode_batch_size, device=device, progress=False,
         )  # fmt: skip
         pooled_queries = encode_pooled(
@@ -513,14 +636,15 @@ def validate(model, tokenizer, data: TrainingData, config: TrainingConfig, devic
     doc_keys = query_keys = None
     if model.moe is not None and model.config.default_mode == "random":  # RANDOM-GATE routes by text
         config_ = model.config
-        doc_keys = text_routing_keys(tokenizer, _document_texts(data, doc_ids), config_.document_max_length)
+        doc_keys = text_routing_keys(
+            tokenizer, _document_texts(collection, doc_ids), config_.document_max_length
+        )
         query_keys = text_routing_keys(tokenizer, [queries[q] for q in query_ids], config_.query_max_length)
     doc_embeddings, _ = apply_head(model, pooled_docs, keys=doc_keys)
     query_embeddings, _ = apply_head(model, pooled_queries, keys=query_keys)
     scores, indices = exact_search(query_embeddings, doc_embeddings, k=100)
     run = to_run(query_ids, doc_ids, scores, indices)
-    qrels = {q: data.validation_qrels[q] for q in query_ids}
-    model.train()
+    qrels = {q: collection.validation_qrels[q] for q in query_ids}
     return evaluate_run(run, qrels).aggregate
 
 
