@@ -1,5 +1,5 @@
 """Training on several collections ("alpha+beta"): batches within a collection, interleaved by seed;
-validation per collection and their mean; resume; bad input."""
+validation per collection and their mean; resume; a grid with a joined entry and its report; bad input."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ from tiny import make_synthetic_beir
 import sbmoe.training.trainer as trainer
 from sbmoe.cli import main
 from sbmoe.errors import SbmoeError
+from sbmoe.experiments.config import build_experiment_config
+from sbmoe.experiments.report import build_report
+from sbmoe.experiments.runner import run_experiment
 from sbmoe.modeling import load_model
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import Batch, collection_names, interleave
@@ -182,6 +185,60 @@ def test_bad_collections_exit_2_naming_them(tiny_encoder, root, tmp_path, capsys
     err = capsys.readouterr().err
     assert message in err, err
     assert not output.exists()
+
+
+def grid(tiny_encoder, root, **overrides) -> dict:
+    raw = {
+        "name": "multi",
+        "bases": [str(tiny_encoder)],
+        "train_datasets": ["alpha", "alpha+beta"],
+        "zero_shot_datasets": ["gamma"],
+        "systems": {"zero-shot": {}, "sbmoe-learned": {"num_experts": [2]}},
+        "modes": ["top1"],
+        "seeds": [1],
+        "training": {"freeze_encoder": True, "epochs": 1, "batch_size": 4},
+        "data_dir": str(root),
+    }
+    return {**raw, **overrides}
+
+
+def test_grid_with_a_joined_entry_tests_each_member_in_domain_and_reports(tiny_encoder, root, tmp_path):
+    config = build_experiment_config(grid(tiny_encoder, root), where="test")
+    lines = run_experiment(config, tmp_path / "exp", progress=False)
+    joined = [r for r in lines if r["train_dataset"] == "alpha+beta"]
+    assert {(r["eval_dataset"], r["setting"]) for r in joined} == {
+        ("alpha", "in-domain"), ("beta", "in-domain"), ("gamma", "zero-shot"),
+    }  # fmt: skip
+    assert joined[0]["run_id"] == "alpha+beta/tiny-bert/sbmoe-learned-n2/seed1"
+    assert (
+        tmp_path / "exp" / "runs" / "alpha+beta" / "tiny-bert" / "sbmoe-learned-n2" / "seed1" / "done.json"
+    ).is_file()
+    zero_shot = {(r["eval_dataset"], r["setting"]) for r in lines if r["system"] == "zero-shot"}
+    assert zero_shot == {("alpha", "in-domain"), ("beta", "in-domain"), ("gamma", "zero-shot")}
+
+    report = build_report(tmp_path / "exp")
+    for member in ("alpha", "beta"):
+        table = report.table(member, train_dataset="alpha+beta")
+        assert table.setting == "in-domain"
+        assert [row.label for row in table.rows] == ["ZERO-SHOT", "SB-MoE learned N=2 TOP-1"]
+    assert report.table("alpha", train_dataset="alpha").setting == "in-domain"
+    assert "trained on alpha+beta, tested on beta (in-domain)" in report.markdown
+    assert main(["report", str(tmp_path / "exp")]) == 0
+    assert (tmp_path / "exp" / "report" / "report.md").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"train_datasets": ["alpha+nowhere"]}, "collection 'nowhere'"),
+        ({"train_datasets": ["alpha+delta"]}, "collection 'delta' has no split(s) ['train']"),
+        ({"train_datasets": ["alpha+"]}, "train_datasets: dataset 'alpha+': an empty collection name"),
+        ({"zero_shot_datasets": ["beta+gamma"]}, "a zero-shot test is one collection"),
+    ],
+)
+def test_bad_joined_entries_are_refused_with_the_grid(tiny_encoder, root, change, message):
+    with pytest.raises(SbmoeError, match=re.escape(message)):
+        build_experiment_config(grid(tiny_encoder, root, **change), where="test")
 
 
 def test_collections_with_the_same_name_are_refused(tiny_encoder, root, tmp_path, capsys):

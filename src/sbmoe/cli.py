@@ -215,7 +215,10 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", help="YAML or JSON file of training settings (unknown keys are an error)")
     parser.add_argument("--base", help="base encoder: folder, hub id, or minilm-l6")
-    parser.add_argument("--dataset", help="collection name (under --data-dir) or folder")
+    parser.add_argument(
+        "--dataset",
+        help="collection name (under --data-dir) or folder; several joined by + (scifact+nfcorpus)",
+    )
     parser.add_argument("--output-dir", help="new folder for the model, log and checkpoints")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --output-dir from its last checkpoint"

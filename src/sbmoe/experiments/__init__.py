@@ -15,11 +15,11 @@ A results.jsonl line:
 
     {"run_id": "scifact/minilm-l6/sbmoe-learned-n6/seed1",
      "system": "sbmoe-learned",   # the label: zero-shot, finetune, adapter, random-gate, sbmoe-faithful, ...
-     "base": "minilm-l6", "train_dataset": "scifact",   # train_dataset null for zero-shot
+     "base": "minilm-l6", "train_dataset": "scifact",   # null for zero-shot; "a+b" trained on a and b
      "num_experts": 6,                     # null without a block; 1 for adapter
      "seed": 1,                            # null for zero-shot
      "eval_dataset": "scifact", "split": "test",
-     "setting": "in-domain",               # in-domain (the training collection) | zero-shot
+     "setting": "in-domain",               # in-domain (a training collection) | zero-shot
      "mode": "top1",                       # top1 | all | topk:K | random, null without a block
      "metrics": {"ndcg@10": 0.65, "recall@100": 0.93, "mrr@10": ..., "map@100": ..., "p@1": ...,
                  "ndcg@3": ...},

@@ -20,6 +20,10 @@ block field of `BlockSettings` included, except those the system fixes, e.g. var
 `init_from: "@adapter"` upcycles from the model of the system labelled `adapter` trained in the same grid
 (same base, collection and seed): that system must have one expert and be listed before; its models are
 kept. Only its block is taken (sparse upcycling); the run's encoder is the base.
+
+A training collection may name several joined by "+": `train_datasets: [scifact, nfcorpus-preproc,
+scifact+nfcorpus-preproc]` also trains one model on both (batches drawn within a collection), tested
+in-domain on each one's test split. Every collection named must have the training and test splits.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sbmoe.errors import SbmoeError
 from sbmoe.modeling.moe import parse_mode
 from sbmoe.training.config import FIELD_NAMES as TRAINING_FIELDS
 from sbmoe.training.config import SYSTEM_BLOCK
+from sbmoe.training.data import COLLECTION_SEPARATOR, collection_names
 
 SYSTEMS = (
     "zero-shot", "finetune", "adapter", "gated-adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned",
@@ -174,6 +179,16 @@ def build_experiment_config(
         training=training,
         data_dir=raw.get("data_dir", data_dir),
     )
+    for name in config.train_datasets:
+        try:
+            collection_names(name)
+        except SbmoeError as error:
+            raise fail(f"train_datasets: {error}") from error
+    several = [name for name in config.zero_shot_datasets if COLLECTION_SEPARATOR in name]
+    if several:
+        raise fail(
+            f"zero_shot_datasets: {several} join collections with '+'; a zero-shot test is one collection"
+        )
     if check_data:
         _check_collections(config, fail)
     return config
@@ -272,8 +287,9 @@ def _expert_counts(system: str, counts: list[int]) -> tuple[int | None, ...]:
 
 
 def _check_collections(config: ExperimentConfig, fail) -> None:
-    """Every collection exists and has the splits the grid uses: found now, not an hour into the run."""
-    for name in config.train_datasets:
+    """Every collection exists and has the splits the grid uses: found now, not an hour into the run. A
+    training entry joining several collections ("a+b") checks each."""
+    for name in dict.fromkeys(c for entry in config.train_datasets for c in collection_names(entry)):
         _check_splits(name, (config.train_split, config.test_split), config.data_dir, fail)
     for name in config.zero_shot_datasets:
         _check_splits(name, (config.test_split,), config.data_dir, fail)

@@ -23,6 +23,7 @@ from sbmoe.experiments.config import SYSTEM_TRAINING, ExperimentConfig, init_fro
 from sbmoe.io import atomic_write_text, provenance, write_json
 from sbmoe.modeling import load_model
 from sbmoe.training.config import TrainingConfig
+from sbmoe.training.data import collection_names
 from sbmoe.training.trainer import train
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class Run:
 
 
 def _run_id(dataset: str, base_tag: str, label: str, experts: int | None, seed: int) -> str:
+    """e.g. "scifact/minilm-l6/sbmoe-learned-n6/seed1", also its folder ("a+b" is a fine folder name)."""
     suffix = "" if experts is None else f"-n{experts}"
     return f"{dataset}/{base_tag}/{label}{suffix}/seed{seed}"
 
@@ -129,7 +131,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
     folder.mkdir(parents=True)
     if run.system == "zero-shot":
         model_path = run.base
-        collections = [*config.train_datasets, *config.zero_shot_datasets]
+        collections = [*_in_domain(run, config), *config.zero_shot_datasets]
     else:
         model_path = str(folder / "model")
         settings = {
@@ -150,7 +152,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             train(TrainingConfig(**settings))
         except ValueError as error:
             raise SbmoeError(f"run {run.run_id}: {error}") from error
-        collections = [run.train_dataset, *config.zero_shot_datasets]
+        collections = [*_in_domain(run, config), *config.zero_shot_datasets]
     loaded = load_model(model_path)
     modes = _modes(run, config, loaded[0])
     lines = []
@@ -188,6 +190,13 @@ def _modes(run: Run, config: ExperimentConfig, model) -> tuple[str, ...] | None:
     return model.moe.evaluation_modes(config.modes)
 
 
+def _in_domain(run: Run, config: ExperimentConfig) -> list[str]:
+    """The collections a run is tested in-domain on: those it trained on (each of "a+b"); for the untrained
+    base, every training collection of the grid."""
+    entries = [run.train_dataset] if run.train_dataset is not None else config.train_datasets
+    return list(dict.fromkeys(name for entry in entries for name in collection_names(entry)))
+
+
 def _keeps_model(run: Run, config: ExperimentConfig) -> bool:
     """Models asked for by keep_models, and those another system upcycles from (init_from "@label")."""
     if any(init_from_label(spec.training) == run.label for spec in config.systems):
@@ -201,9 +210,7 @@ def _result_line(
 ) -> dict[str, Any]:
     mode = summary.get("mode")
     metrics_file = folder / "eval" / collection / mode_folder(mode) / "metrics.json"
-    in_domain = collection == run.train_dataset or (
-        run.train_dataset is None and collection in config.train_datasets
-    )
+    in_domain = collection in _in_domain(run, config)
     return {
         "run_id": run.run_id,
         "system": run.label,
