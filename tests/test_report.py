@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -313,5 +314,231 @@ def test_head_to_head_comparison(tmp_path, monkeypatch):
     assert f"| {expected:.3g} |" in rows["scifact"] and "†" in rows["scifact"]
     assert rows["arguana"].rstrip().endswith("| 1 |")  # identical per-query values
     assert "SB-MoE learned higher in 1 of 2 cells (1 significantly)" in text
-    with pytest.raises(SbmoeError, match="no collection, N and mode where both"):
+    with pytest.raises(SbmoeError, match=r"no results for \['random-gate'\]; systems present"):
         compare_systems(folder, "sbmoe-learned", "random-gate")
+
+
+# ------------------------------------------------------------------------------ activated experts
+
+# A grid of block designs trained on scifact, tested in-domain on scifact and zero-shot on arguana and
+# nfcorpus. (label, N, mode, seed) -> collection -> (query counts, document counts), None: no block.
+# Queries + documents: the figures below are computed by hand from these sums.
+GRID = {
+    ("zero-shot", None, None, None): {"scifact": None, "arguana": None, "nfcorpus": None},
+    ("adapter", 1, "top1", 1): {"scifact": ([10], [90]), "arguana": ([10], [90])},  # N = 1: no row
+    ("adapter", 1, "top1", 2): {"scifact": ([10], [90]), "arguana": ([10], [90])},
+    ("sbmoe-learned", 4, "top1", 1): {
+        "scifact": ([5, 4, 1, 0], [45, 45, 0, 0]),  # [50, 49, 1, 0]: 1 of 100 is 1 %, so 3 activated
+        "arguana": ([10, 0, 0, 0], [90, 0, 0, 0]),  # 1 activated
+        "nfcorpus": ([5, 5, 5, 5], [20, 20, 20, 20]),  # 4 activated, balanced
+    },
+    ("sbmoe-learned", 4, "top1", 2): {
+        "scifact": ([10, 0, 0, 0], [190, 0, 0, 0]),  # collapsed: 1 activated
+        "arguana": ([5, 5, 0, 0], [45, 45, 0, 0]),  # 2 activated
+        "nfcorpus": ([5, 5, 5, 5], [20, 20, 20, 20]),
+    },
+    # ALL routing: not counted (the section reads TOP-1).
+    ("sbmoe-learned", 4, "all", 1): {"scifact": ([1, 1, 1, 1], [1, 1, 1, 1])},
+    ("sbmoe-learned", 4, "all", 2): {"scifact": ([1, 1, 1, 1], [1, 1, 1, 1])},
+    ("random-gate", 3, "random", 1): {"scifact": ([4, 3, 3], [30, 30, 30])},  # its only routing
+    # Free labels. cluster: 10 of 1000 texts is exactly 1 % (activated), 9 is not.
+    ("cluster", 4, "top1", 1): {"scifact": ([90, 1, 0, 0], [900, 9, 0, 0]), "arguana": ([1], [1])},
+    ("cluster", 4, "top1", 2): {"scifact": ([91, 1, 0, 0], [900, 8, 0, 0]), "arguana": ([1], [1])},
+    # cluster-null: a null expert, its texts in the last bin.
+    ("cluster-null", 3, "top1", 1): {
+        "scifact": ([1, 1, 0, 2], [49, 0, 47, 0]),  # [50, 1, 47, 2]
+        "arguana": ([0, 0, 0, 10], [0, 0, 0, 90]),  # every text passes through
+    },
+    ("cluster-null", 3, "top1", 2): {
+        "scifact": ([3, 3, 3, 1], [27, 27, 27, 9]),  # [30, 30, 30, 10]
+        "arguana": ([0, 0, 0, 10], [0, 0, 0, 90]),
+    },
+}
+SHIFT = {"zero-shot": -0.1, "adapter": 0.0, "sbmoe-learned": 0.02, "random-gate": -0.05, "cluster": 0.05}
+WOBBLE = [0.01, -0.01, 0.01, -0.01]  # cluster's per-query values vary around cluster-null's by this
+
+
+def make_grid(folder: Path) -> Path:
+    """A grid folder with free system labels and known expert counts."""
+    folder.mkdir(parents=True)
+    lines = []
+    for (system, n, mode, seed), by_collection in GRID.items():
+        trained = system != "zero-shot"
+        run_id = f"scifact/tiny/{system}-n{n}/seed{seed}" if trained else "zero-shot/tiny"
+        for collection, counts in by_collection.items():
+            if counts == ([1], [1]):  # only nDCG matters here: a block of N experts still needs N counts
+                counts = ([1] * n, [1] * n)
+            shift = SHIFT.get(system, 0.0)
+            wobble = WOBBLE if system == "cluster" else [0.0] * 4
+            ndcg = [0.2 * (i + 1) + shift + w for i, w in enumerate(wobble)]
+            per_query = {"ndcg@10": dict(zip(QUERIES[:4], ndcg, strict=True))}
+            per_query["recall@100"] = per_query["ndcg@10"]
+            aggregate = {m: sum(v.values()) / 4 for m, v in per_query.items()}
+            expert_counts = None if counts is None else {"queries": counts[0], "documents": counts[1]}
+            metrics_file = f"runs/{run_id}/eval/{collection}/{mode or 'none'}/metrics.json"
+            (folder / metrics_file).parent.mkdir(parents=True, exist_ok=True)
+            metrics = {**aggregate, "expert_counts": expert_counts, "per_query": per_query}
+            (folder / metrics_file).write_text(json.dumps(metrics))
+            line = {
+                "run_id": run_id,
+                "system": system,
+                "base": "tiny",
+                "train_dataset": "scifact" if trained else None,
+                "num_experts": n,
+                "seed": seed,
+                "eval_dataset": collection,
+                "split": "test",
+                "setting": "in-domain" if collection == "scifact" else "zero-shot",
+                "mode": mode,
+                "metrics": aggregate,
+                "metrics_file": metrics_file,
+            }
+            lines.append(json.dumps(line))
+    (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def entropy(counts: list[int]) -> float:
+    """Normalised entropy of the shares of `counts`, written out: -sum p ln p / ln E."""
+    total = sum(counts)
+    return -sum(c / total * math.log(c / total) for c in counts if c) / math.log(len(counts))
+
+
+def test_activated_experts_by_hand(tmp_path):
+    report = build_report(make_grid(tmp_path / "grid"))
+    rows = {r.row.label: r for r in report.experts}
+    # Known systems first, then free labels alphabetically; N = 1, ALL and the untrained base are left out.
+    assert list(rows) == [
+        "RANDOM-GATE N=3 RANDOM",
+        "SB-MoE learned N=4 TOP-1",
+        "cluster N=4 TOP-1",
+        "cluster-null N=3 TOP-1",
+    ]
+    learned = rows["SB-MoE learned N=4 TOP-1"]
+    assert (learned.train_dataset, learned.base, learned.eval_dataset) == ("scifact", "tiny", "scifact")
+    assert learned.seeds == [1, 2] and learned.activated == [3, 1] and learned.activated_mean == 2.0
+    assert learned.top_share == pytest.approx((0.50 + 1.0) / 2)
+    h = -(0.5 * math.log(0.5) + 0.49 * math.log(0.49) + 0.01 * math.log(0.01)) / math.log(4)
+    assert learned.entropy == pytest.approx((h + 0.0) / 2)
+    assert learned.null_share is None
+    assert learned.zero_shot_collections == ["arguana", "nfcorpus"]
+    # arguana: 1 and 2 activated (mean 1.5); nfcorpus: 4 and 4. Then the mean over the two collections.
+    assert learned.zero_shot["active_experts"] == pytest.approx((1.5 + 4) / 2)
+    assert learned.zero_shot["top_share"] == pytest.approx(((1.0 + 0.5) / 2 + 0.25) / 2)
+    assert learned.zero_shot["normalized_entropy"] == pytest.approx(((0 + 0.5) / 2 + 1.0) / 2)
+    assert learned.zero_shot["null_share"] is None
+
+    cluster = rows["cluster N=4 TOP-1"]
+    assert cluster.activated == [2, 1]  # 10 of 1000 is 1 %: activated; 9 of 1000 is not
+    assert cluster.top_share == pytest.approx((990 / 1000 + 991 / 1000) / 2)
+    assert cluster.entropy == pytest.approx((entropy([990, 10, 0, 0]) + entropy([991, 9, 0, 0])) / 2)
+
+    null = rows["cluster-null N=3 TOP-1"]
+    assert null.activated == [3, 3]  # the null bin is not an expert; 1 text of 100 activates one
+    assert null.null_share == pytest.approx((0.02 + 0.10) / 2)
+    assert null.top_share == pytest.approx((0.50 + 0.30) / 2)  # shares of all texts, null ones included
+    assert null.entropy == pytest.approx((entropy([50, 1, 47]) + 1.0) / 2)  # among texts routed to an expert
+    assert null.zero_shot_collections == ["arguana"]
+    assert null.zero_shot["active_experts"] == 0.0 and null.zero_shot["null_share"] == 1.0
+    assert null.zero_shot["normalized_entropy"] == 0.0 and null.zero_shot["top_share"] == 0.0
+
+    random_gate = rows["RANDOM-GATE N=3 RANDOM"]
+    assert random_gate.activated == [3] and random_gate.top_share == pytest.approx(0.34)
+    assert random_gate.entropy == pytest.approx(entropy([34, 33, 33]))
+    assert random_gate.zero_shot["active_experts"] is None  # tested on no zero-shot collection
+
+
+def test_activated_experts_files(tmp_path):
+    report = build_report(make_grid(tmp_path / "grid"))
+    paths = write_report(report, tmp_path / "out")
+    markdown = paths["markdown"].read_text()
+    assert "## Activated experts" in markdown and "### tiny, trained on scifact" in markdown
+    h = -(0.5 * math.log(0.5) + 0.49 * math.log(0.49) + 0.01 * math.log(0.01)) / math.log(4)
+    assert f"| SB-MoE learned N=4 TOP-1 | scifact | 3, 1 | 2.0 | 0.750 | {h / 2:.3f} | – | 2.8 |" in markdown
+    assert "| cluster-null N=3 TOP-1 | scifact | 3, 3 | 3.0 | 0.400 |" in markdown
+    assert "| 0.060 | 0.0 |" in markdown
+    assert "| RANDOM-GATE N=3 RANDOM | scifact | 3 | 3.0 | 0.340 |" in markdown and "| – | – |" in markdown
+    assert markdown.index("## Activated experts") < markdown.index("## Significance")
+
+    assert paths["experts"] == tmp_path / "out" / "experts.csv"
+    rows = {r["label"]: r for r in csv.DictReader(io.StringIO(paths["experts"].read_text()))}
+    assert set(rows) == {r.row.label for r in report.experts}
+    null = rows["cluster-null N=3 TOP-1"]
+    assert (null["system"], null["num_experts"], null["mode"]) == ("cluster-null", "3", "top1")
+    assert null["seeds"] == "1;2" and null["activated"] == "3;3" and float(null["activated_mean"]) == 3.0
+    assert float(null["null_share"]) == pytest.approx(0.06) and float(null["zero_shot_null_share"]) == 1.0
+    learned = rows["SB-MoE learned N=4 TOP-1"]
+    assert learned["null_share"] == "" and float(learned["zero_shot_activated"]) == pytest.approx(2.75)
+    assert learned["zero_shot_collections"] == "arguana;nfcorpus"
+
+    # A grid without expert counts (the older fixture) has no section and no experts.csv.
+    plain = build_report(make_experiment(tmp_path / "plain"))
+    assert plain.experts == [] and "Activated experts" not in plain.markdown
+    assert "experts" not in write_report(plain, tmp_path / "plain-out")
+
+
+def test_activated_experts_counts_must_fit_n(tmp_path):
+    folder = make_grid(tmp_path / "grid")
+    path = folder / "runs/scifact/tiny/cluster-null-n3/seed1/eval/scifact/top1/metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["expert_counts"]["queries"].append(0)  # 5 bins for N = 3
+    path.write_text(json.dumps(metrics))
+    with pytest.raises(DataError, match="lists of 3 counts \\(or 4 with a null expert\\)"):
+        build_report(folder)
+
+
+def test_free_labels_in_tables(tmp_path):
+    report = build_report(make_grid(tmp_path / "grid"))
+    scifact = report.table("scifact")
+    assert [r.label for r in scifact.rows] == [
+        "ZERO-SHOT",
+        "ADAPTER",
+        "RANDOM-GATE N=3 RANDOM",
+        "SB-MoE learned N=4 TOP-1",
+        "SB-MoE learned N=4 ALL",
+        "cluster N=4 TOP-1",  # free labels after the known systems, named by themselves
+        "cluster-null N=3 TOP-1",
+    ]
+    assert scifact.baseline == SystemRow("adapter", 1, "top1")
+    assert scifact.cell("cluster N=4 TOP-1", "ndcg@10").delta_pct == pytest.approx(100 * 0.05 / 0.5)
+    (zero_shot,) = [t for t in report.zero_shot_tables if t.metric == "ndcg@10"]
+    assert [r.label for r in zero_shot.rows][-2:] == ["cluster N=4 TOP-1", "cluster-null N=3 TOP-1"]
+    assert "| cluster-null N=3 TOP-1 | 2 | 0.5000 ± 0.0000 | +0.00% |" in report.markdown
+    assert "cluster-null N=3 TOP-1 & 2 &" in report.latex
+    rows = list(csv.DictReader(io.StringIO(report.csv)))
+    assert {r["system"] for r in rows} >= {"cluster", "cluster-null"}
+    # A free label can be the baseline.
+    by_cluster = build_report(tmp_path / "grid", baseline="cluster")
+    assert by_cluster.table("scifact").baseline == SystemRow("cluster", 4, "top1")
+
+
+def test_compare_free_labels(tmp_path, capsys):
+    folder = make_grid(tmp_path / "grid")
+    parser = argparse.ArgumentParser()
+    add_report_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(
+        ["report", str(folder), "--metrics", "ndcg@10", "--compare", "cluster", "cluster-null"]
+    )
+    assert args.handler(args) == 0
+    text = (folder / "report" / "compare-cluster-vs-cluster-null.md").read_text()
+    assert text.startswith("# cluster vs cluster-null") and text in capsys.readouterr().out
+    # No shared N (4 vs 3): paired across N, on the mode both have; scifact and arguana.
+    differences = [0.05 + w for w in WOBBLE]  # cluster minus cluster-null, per query
+    p_value = stats.ttest_1samp(differences, 0.0).pvalue
+    cells = "| scifact | scifact | cluster N=4 TOP-1 | cluster-null N=3 TOP-1 | nDCG@10 | 0.5500 | 0.5000 |"
+    assert cells + " +10.00%" in text
+    assert f"| {min(1.0, 2 * p_value):.3g} |" in text  # m = 2 cells
+    assert "| scifact | arguana | cluster N=4 TOP-1 | cluster-null N=3 TOP-1 |" in text
+    assert "cluster higher in 2 of 2 cells" in text
+
+    # A multi-expert design against the one-expert adapter: each N's TOP-1 (the mode both have).
+    text = compare_systems(folder, "sbmoe-learned", "adapter", metrics=["ndcg@10"])
+    compared = [line.split("|")[3:5] for line in text.splitlines() if line.startswith("| scifact |")]
+    assert compared == [[" SB-MoE learned N=4 TOP-1 ", " ADAPTER "]] * 2  # scifact, arguana
+    # Against ZERO-SHOT (no N, no mode): every row.
+    text = compare_systems(folder, "sbmoe-learned", "zero-shot", metrics=["ndcg@10"])
+    compared = [line.split("|")[2:4] for line in text.splitlines() if line.startswith("| scifact |")]
+    assert [" scifact ", " SB-MoE learned N=4 TOP-1 "] in compared
+    assert [" scifact ", " SB-MoE learned N=4 ALL "] in compared
+    with pytest.raises(SbmoeError, match="no results for \\['clustr'\\]"):
+        compare_systems(folder, "clustr", "adapter")

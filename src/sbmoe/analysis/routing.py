@@ -70,7 +70,11 @@ def expert_shares(experts: np.ndarray, num_experts: int, null_expert: bool = Fal
 
     experts: [N] top-1 expert per text; each text counted once.
     """
-    counts = expert_counts(experts, num_experts, null_expert)
+    return count_shares(expert_counts(experts, num_experts, null_expert))
+
+
+def count_shares(counts: Sequence[int]) -> list[float]:
+    """Each bin's share of sum(counts); all zeros when the sum is 0."""
     total = sum(counts)
     return [count / total if total else 0.0 for count in counts]
 
@@ -99,6 +103,29 @@ def normalized_routing_entropy(probabilities: np.ndarray) -> float:
     if num_experts < 2:
         return 0.0
     return routing_entropy(probabilities) / math.log(num_experts)
+
+
+def usage_statistics(counts: Sequence[int], num_experts: int) -> dict[str, Any]:
+    """How evenly texts spread over the experts, from top-1 counts: [E] per expert, or [E + 1] with the null
+    expert's texts last.
+
+    Returns {"active_experts": `active_experts` of the E experts over all texts, "top_share": the largest
+    expert's share of all texts, "normalized_entropy": the entropy of the E experts' shares among the texts
+    routed to an expert over log E (1 = balanced, 0 = one expert takes them all; 0 when E = 1 or no text
+    reached an expert), "null_share": the null expert's share (None without that bin)}.
+    """
+    if len(counts) not in (num_experts, num_experts + 1):
+        raise ValueError(
+            f"expected {num_experts} counts (or {num_experts + 1} with a null expert), got {len(counts)}"
+        )
+    experts = list(counts[:num_experts])
+    shares = count_shares(counts)
+    return {
+        "active_experts": active_experts(experts, total=sum(counts)),
+        "top_share": max(shares[:num_experts]),
+        "normalized_entropy": normalized_routing_entropy(np.asarray([count_shares(experts)])),
+        "null_share": shares[num_experts] if len(counts) > num_experts else None,
+    }
 
 
 def shared_expert_rate(
@@ -147,7 +174,7 @@ def _side_summary(
     return {
         "count": total,
         "counts": counts,
-        "shares": [count / total if total else 0.0 for count in counts],
+        "shares": count_shares(counts),
         "active_experts": active_experts(counts[:num_experts], total=total),
         "entropy": routing_entropy(p),
         "normalized_entropy": normalized_routing_entropy(p),

@@ -12,9 +12,13 @@ Each cell is the mean ± sample standard deviation over seeds of the collection-
 relative to the baseline's mean, and a marker when the paired test of the per-query values (averaged
 over seeds) against the baseline is significant after Bonferroni correction over every comparison of
 that metric in the report. Zero-shot systems (no training collection) appear in every table of their
-base encoder. A summary table averages the zero-shot collections, and a figure plots the in-domain
-metric against the number of experts. `write_report` writes report.md, report.csv, report.tex and
-experts.png.
+base encoder. A summary table averages the zero-shot collections, a section shows what each block design's
+experts do (activated experts, balance, null share: `sbmoe.experiments.experts_table`), and a figure plots
+the in-domain metric against the number of experts. `write_report` writes report.md, report.csv,
+report.tex, experts.csv and experts.png.
+
+Rows are the grid's system labels: the paper's systems first, in its order and under its names, then any
+other label (`cluster`, `learned-st`, ...) alphabetically under its own name.
 """
 
 from __future__ import annotations
@@ -33,30 +37,25 @@ from pathlib import Path
 
 from sbmoe.errors import DataError, SbmoeError
 from sbmoe.evaluation.significance import TEST_NAMES, TESTS, bonferroni
+from sbmoe.experiments import experts_table
+from sbmoe.experiments.experts_table import ExpertUsage
+from sbmoe.experiments.results import (
+    MetricsFiles,
+    SystemRow,
+    deduplicate_results,
+    load_results,
+    row_of,
+    system_label,
+)
 from sbmoe.io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-RESULT_KEYS = (
-    "run_id", "system", "base", "train_dataset", "num_experts", "seed", "eval_dataset", "setting", "mode",
-    "metrics", "metrics_file",
-)  # fmt: skip
-SYSTEM_ORDER = (
-    "zero-shot", "finetune", "adapter", "gated-adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned",
-)  # fmt: skip
-SYSTEM_LABELS = {
-    "zero-shot": "ZERO-SHOT",
-    "finetune": "FINE-TUNED",
-    "adapter": "ADAPTER",
-    "gated-adapter": "GATED ADAPTER",
-    "random-gate": "RANDOM-GATE",
-    "sbmoe-faithful": "SB-MoE faithful",
-    "sbmoe-learned": "SB-MoE learned",
-}
 DEFAULT_BASELINES = ("finetune", "adapter", "zero-shot")
 DEFAULT_METRICS = ("ndcg@10", "recall@100")
 FIGURE_METRICS = ("ndcg@10", "recall@100")
 FIGURE_FILE = "experts.png"
+EXPERTS_FILE = "experts.csv"
 MARKER = "†"
 METRIC_LABELS = {"ndcg": "nDCG", "recall": "Recall", "map": "MAP", "mrr": "MRR", "p": "P"}
 
@@ -65,64 +64,6 @@ def metric_label(metric: str) -> str:
     """ "ndcg@10" -> "nDCG@10", "recall@100" -> "Recall@100"; unknown names are returned unchanged."""
     name, at, cutoff = metric.partition("@")
     return METRIC_LABELS.get(name, name) + at + cutoff
-
-
-def mode_label(mode: str) -> str:
-    """ "top1" -> "TOP-1", "topk:3" -> "TOP-3", "all" -> "ALL", "random" -> "RANDOM"."""
-    if mode == "top1":
-        return "TOP-1"
-    if mode.startswith("topk:"):
-        return "TOP-" + mode.split(":", 1)[1]
-    return mode.upper()
-
-
-def _mode_rank(mode: str | None) -> tuple[int, int]:
-    if mode is None:
-        return (0, 0)
-    if mode == "top1":
-        return (1, 1)
-    if mode.startswith("topk:"):
-        k = mode.split(":", 1)[1]
-        return (1, int(k) if k.isdigit() else 0)
-    return {"all": (2, 0), "random": (3, 0)}.get(mode, (4, 0))
-
-
-@dataclass(frozen=True)
-class SystemRow:
-    """One row of a table: a system at one number of experts, evaluated with one routing mode."""
-
-    system: str
-    num_experts: int | None
-    mode: str | None
-
-    @property
-    def label(self) -> str:
-        """The paper's name: "FINE-TUNED", "SB-MoE learned N=6 TOP-1", "SB-MoE faithful N=3 ALL"."""
-        parts = [SYSTEM_LABELS.get(self.system, self.system)]
-        if self.system in ("adapter", "gated-adapter"):  # one expert: N and TOP-1 say nothing
-            if self.mode not in (None, "top1"):
-                parts.append(mode_label(self.mode))
-            return " ".join(parts)
-        if self.num_experts is not None:
-            parts.append(f"N={self.num_experts}")
-        if self.mode is not None:
-            parts.append(mode_label(self.mode))
-        return " ".join(parts)
-
-    @property
-    def line_label(self) -> str:
-        """The label of this row's line in the experts figure (without N)."""
-        return SystemRow(self.system, None, self.mode).label
-
-    def sort_key(self) -> tuple:
-        known = self.system in SYSTEM_ORDER
-        return (
-            SYSTEM_ORDER.index(self.system) if known else len(SYSTEM_ORDER),
-            "" if known else self.system,
-            self.num_experts if self.num_experts is not None else 0,
-            _mode_rank(self.mode),
-            self.mode or "",
-        )
 
 
 @dataclass
@@ -235,12 +176,14 @@ class Report:
     tables: list[GroupTable]
     zero_shot_tables: list[ZeroShotTable]
     figure: list[FigurePanel]  # empty: no system was run at more than one number of experts
+    experts: list[ExpertUsage]  # the activated-experts rows; empty: no block of N > 1 with expert counts
     comparisons: dict[str, int]  # metric -> Bonferroni m (comparisons with a p-value)
     significant: dict[str, int]  # metric -> comparisons significant after correction
     command: str | None = None  # the command that ran the experiment, from experiment.json
     markdown: str = ""
     csv: str = ""
     latex: str = ""
+    experts_csv: str = ""  # experts.csv; empty without activated-experts rows
 
     @property
     def num_comparisons(self) -> int:
@@ -274,75 +217,21 @@ class Report:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_results(folder: Path) -> list[dict]:
-    """The lines of DIR/results.jsonl, each checked for the keys of the documented format.
-
-    Raises SbmoeError when the file is missing, DataError (an SbmoeError naming file and line) for a
-    line that is not a JSON object with those keys.
-    """
-    path = Path(folder) / "results.jsonl"
-    if not path.is_file():
-        raise SbmoeError(f"{path} not found: is {folder} an experiment folder written by `sbmoe experiment`?")
-    results = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise DataError(path, f"not valid JSON ({error.msg})", line=number) from error
-            if not isinstance(record, dict):
-                raise DataError(path, "expected a JSON object", line=number)
-            missing = [key for key in RESULT_KEYS if key not in record]
-            if missing:
-                raise DataError(path, f"missing keys {missing}", line=number)
-            metrics = record["metrics"]
-            if not isinstance(metrics, dict) or not all(
-                isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()
-            ):
-                raise DataError(path, "metrics must map metric names to numbers", line=number)
-            if record["num_experts"] is not None and not isinstance(record["num_experts"], int):
-                problem = f"num_experts must be an integer or null, got {record['num_experts']!r}"
-                raise DataError(path, problem, line=number)
-            results.append(record)
-    return results
-
-
-def _deduplicate(results: list[dict]) -> list[dict]:
-    """Keep the last line of each (run, collection, split, mode): a redone run appends its result again."""
-    latest: dict[tuple, dict] = {}
-    for record in results:
-        key = (record["run_id"], record["eval_dataset"], record.get("split"), record["mode"])
-        if key in latest:
-            logger.warning("results.jsonl holds %s more than once; the last line is used", key)
-        latest[key] = record
-    return list(latest.values())
-
-
 class _PerQuery:
-    """Per-query metric values read from metrics files (relative to the experiment folder), cached."""
+    """Per-query metric values from the metrics files named in results.jsonl."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
-        self._files: dict[str, dict[str, dict[str, float]]] = {}
+    def __init__(self, files: MetricsFiles):
+        self.files = files
 
     def get(self, metrics_file: str, metric: str) -> dict[str, float]:
-        if metrics_file not in self._files:
-            path = self.folder / metrics_file
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError as error:
-                raise SbmoeError(f"{path}: metrics file named in results.jsonl not found") from error
-            except json.JSONDecodeError as error:
-                raise DataError(path, f"not valid JSON ({error.msg})") from error
-            per_query = data.get("per_query") if isinstance(data, dict) else None
-            if not isinstance(per_query, dict):
-                raise DataError(path, "no per_query values: significance tests need them")
-            self._files[metrics_file] = per_query
-        values = self._files[metrics_file].get(metric)
+        per_query = self.files.get(metrics_file).get("per_query")
+        if not isinstance(per_query, dict):
+            raise DataError(
+                self.files.path(metrics_file), "no per_query values: significance tests need them"
+            )
+        values = per_query.get(metric)
         if not isinstance(values, dict):
-            raise DataError(self.folder / metrics_file, f"per_query has no {metric!r} values")
+            raise DataError(self.files.path(metrics_file), f"per_query has no {metric!r} values")
         return values
 
 
@@ -377,10 +266,6 @@ def _read_experiment(folder: Path) -> tuple[str | None, str | None]:
 
 
 # --------------------------------------------------------------------------------------------- building
-
-
-def _row_of(record: dict) -> SystemRow:
-    return SystemRow(record["system"], record["num_experts"], record["mode"])
 
 
 def _choose_baseline(rows: Iterable[SystemRow], baseline: str | None) -> SystemRow | None:
@@ -420,13 +305,13 @@ def _group(results: list[dict]) -> dict[tuple[str | None, str, str], dict[System
     for record in results:
         if record["train_dataset"] is not None:
             key = (record["train_dataset"], record["base"], record["eval_dataset"])
-            groups.setdefault(key, {}).setdefault(_row_of(record), []).append(record)
+            groups.setdefault(key, {}).setdefault(row_of(record), []).append(record)
     for record in results:
         if record["train_dataset"] is not None:
             continue
         keys = [k for k in groups if k[1] == record["base"] and k[2] == record["eval_dataset"]]
         for key in keys or [(None, record["base"], record["eval_dataset"])]:
-            groups.setdefault(key, {}).setdefault(_row_of(record), []).append(record)
+            groups.setdefault(key, {}).setdefault(row_of(record), []).append(record)
     return groups
 
 
@@ -457,7 +342,7 @@ def build_report(
     metrics = list(metrics)
     if not metrics:
         raise ValueError("metrics must name at least one metric")
-    results = _deduplicate(load_results(folder))
+    results = deduplicate_results(load_results(folder))
     if not results:
         raise SbmoeError(f"{folder / 'results.jsonl'} holds no results yet")
     available = {name for record in results for name in record["metrics"]}
@@ -468,7 +353,8 @@ def build_report(
     if baseline is not None and baseline not in systems:
         raise SbmoeError(f"baseline {baseline!r} has no results; systems present: {sorted(systems)}")
     name, command = _read_experiment(folder)
-    per_query = _PerQuery(folder)
+    files = MetricsFiles(folder)
+    per_query = _PerQuery(files)
     run_test = TESTS[test]
 
     tables = []
@@ -550,6 +436,7 @@ def build_report(
         tables=tables,
         zero_shot_tables=_zero_shot_tables(results, metrics),
         figure=_figure_panels(results, baseline),
+        experts=experts_table.build_expert_usage(results, files),
         comparisons=comparisons,
         significant=significant,
         command=command,
@@ -557,6 +444,7 @@ def build_report(
     report.markdown = render_markdown(report)
     report.csv = render_csv(report)
     report.latex = render_latex(report)
+    report.experts_csv = experts_table.render_csv(report.experts) if report.experts else ""
     logger.info("report of %s: %d tables; %s", folder, len(tables), report.summary_line)
     return report
 
@@ -586,7 +474,7 @@ def _rows_on(
         ]
     rows: dict[SystemRow, dict[str, list]] = {}
     for record in own:
-        rows.setdefault(_row_of(record), {}).setdefault(record["eval_dataset"], []).append(record)
+        rows.setdefault(row_of(record), {}).setdefault(record["eval_dataset"], []).append(record)
     return rows
 
 
@@ -730,6 +618,8 @@ def render_markdown(report: Report) -> str:
                 [r.label] + [_fmt(r.values.get(c)) for c in zs.collections] + [_fmt(r.mean)] for r in zs.rows
             ]
             lines += _markdown_table(["System", *zs.collections, "mean"], rows)
+    if report.experts:
+        lines += ["", *experts_table.render_markdown(report.experts)]
     if report.figure:
         lines += [
             "",
@@ -895,14 +785,18 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def write_report(report: Report, output: Path) -> dict[str, Path]:
-    """Write report.md, report.csv, report.tex and (when there is a figure) experts.png into the folder
-    `output`, each atomically. Returns kind ("markdown", "csv", "latex", "figure") -> path."""
+    """Write report.md, report.csv, report.tex, experts.csv (when there are activated-experts rows) and
+    experts.png (when there is a figure) into the folder `output`, each atomically. Returns kind
+    ("markdown", "csv", "latex", "experts", "figure") -> path."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": output / "report.md", "csv": output / "report.csv", "latex": output / "report.tex"}
     atomic_write_text(paths["markdown"], report.markdown)
     atomic_write_text(paths["csv"], report.csv)
     atomic_write_text(paths["latex"], report.latex)
+    if report.experts:
+        paths["experts"] = output / EXPERTS_FILE
+        atomic_write_text(paths["experts"], report.experts_csv)
     if report.figure:
         buffer = io.BytesIO()
         render_figure(report.figure).savefig(buffer, format="png", dpi=150)
@@ -916,6 +810,28 @@ def write_report(report: Report, output: Path) -> dict[str, Path]:
 # ------------------------------------------------------------------------------------------------- CLI
 
 
+def _compared_rows(
+    rows: Iterable[SystemRow], system_a: str, system_b: str
+) -> list[tuple[SystemRow, SystemRow]]:
+    """The (A row, B row) pairs of one table: paired on N where the two systems share a number of experts,
+    across N where they share none (cluster at N=6 against the one-expert gated adapter, or ZERO-SHOT);
+    then likewise on the routing mode."""
+    rows_a = [r for r in rows if r.system == system_a]
+    rows_b = [r for r in rows if r.system == system_b]
+
+    def matched(values_a: set, values_b: set) -> list[tuple]:
+        shared = values_a & values_b
+        return [(v, v) for v in shared] if shared else [(a, b) for a in values_a for b in values_b]
+
+    pairs = []
+    for n_a, n_b in matched({r.num_experts for r in rows_a}, {r.num_experts for r in rows_b}):
+        modes_a = {r.mode for r in rows_a if r.num_experts == n_a}
+        modes_b = {r.mode for r in rows_b if r.num_experts == n_b}
+        for mode_a, mode_b in matched(modes_a, modes_b):
+            pairs.append((SystemRow(system_a, n_a, mode_a), SystemRow(system_b, n_b, mode_b)))
+    return sorted(pairs, key=lambda pair: (pair[0].sort_key(), pair[1].sort_key()))
+
+
 def compare_systems(
     folder: Path,
     system_a: str,
@@ -925,35 +841,38 @@ def compare_systems(
     test: str = "t-test",
     alpha: float = 0.05,
 ) -> str:
-    """Head to head: `system_a` against `system_b` wherever both ran with the same training collection,
-    number of experts and mode, on every test collection. Markdown: one line per such cell and metric
-    (means over seeds, the paired test on per-query values averaged over seeds, Bonferroni-corrected over
-    the cells of that metric), then per metric how many cells each system wins and how many significantly.
+    """Head to head: the design labelled `system_a` against `system_b` (any two labels of the grid) on every
+    test collection where both ran with the same training collection. Rows are paired on N and mode, or
+    across them where the two share none (`_compared_rows`: `cluster` at N=6 TOP-1 against the one-expert
+    `gated-adapter`). Markdown: one line per such cell and metric (means over seeds, the paired test on
+    per-query values averaged over seeds, Bonferroni-corrected over the cells of that metric), then per
+    metric how many cells each system wins and how many significantly.
     """
     folder = Path(folder)
-    results = _deduplicate(load_results(folder))
-    per_query = _PerQuery(folder)
+    results = deduplicate_results(load_results(folder))
+    present = sorted({record["system"] for record in results})
+    missing = [name for name in (system_a, system_b) if name not in present]
+    if missing:
+        raise SbmoeError(f"{folder}: no results for {missing}; systems present: {present}")
+    per_query = _PerQuery(MetricsFiles(folder))
     cells = []
     for key, rows in sorted(_group(results).items(), key=lambda item: _group_order(item[0], "")):
-        for row_a, records_a in sorted(rows.items(), key=lambda item: item[0].sort_key()):
-            records_b = rows.get(SystemRow(system_b, row_a.num_experts, row_a.mode))
-            if row_a.system != system_a or not records_b:
-                continue
+        for row_a, row_b in _compared_rows(rows, system_a, system_b):
             for metric in metrics:
-                values_a = _per_query_mean(records_a, metric, per_query)
-                values_b = _per_query_mean(records_b, metric, per_query)
+                values_a = _per_query_mean(rows[row_a], metric, per_query)
+                values_b = _per_query_mean(rows[row_b], metric, per_query)
                 shared = sorted(set(values_a) & set(values_b))
                 p_value = TESTS[test]([values_a[q] for q in shared], [values_b[q] for q in shared])
-                mean_a = statistics.fmean(_metric_values(records_a, metric))
-                mean_b = statistics.fmean(_metric_values(records_b, metric))
-                cells.append((key, row_a, metric, mean_a, mean_b, p_value))
+                mean_a = statistics.fmean(_metric_values(rows[row_a], metric))
+                mean_b = statistics.fmean(_metric_values(rows[row_b], metric))
+                cells.append((key, row_a, row_b, metric, mean_a, mean_b, p_value))
     if not cells:
-        raise SbmoeError(f"{folder}: no collection, N and mode where both {system_a} and {system_b} ran")
+        raise SbmoeError(f"{folder}: no test collection where both {system_a} and {system_b} ran")
     adjusted = {}
     for metric in metrics:
-        indices = [i for i, cell in enumerate(cells) if cell[2] == metric]
-        adjusted.update(zip(indices, bonferroni([cells[i][5] for i in indices]), strict=True))
-    label_a, label_b = (SYSTEM_LABELS.get(name, name) for name in (system_a, system_b))
+        indices = [i for i, cell in enumerate(cells) if cell[3] == metric]
+        adjusted.update(zip(indices, bonferroni([cells[i][6] for i in indices]), strict=True))
+    label_a, label_b = system_label(system_a), system_label(system_b)
     lines = [
         f"# {label_a} vs {label_b}",
         "",
@@ -961,22 +880,22 @@ def compare_systems(
         f"p < {alpha:g} ({TEST_NAMES[test]} on per-query values averaged over seeds; m = the cells of "
         "each metric).",
         "",
-        f"| trained on | tested on | N | mode | metric | {label_a} | {label_b} | Δ% | p (corrected) |",
-        "|---|---|---:|---|---|---:|---:|---:|---:|",
+        f"| trained on | tested on | {label_a} row | {label_b} row | metric | {label_a} | {label_b} | Δ% "
+        "| p (corrected) |",
+        "|---|---|---|---|---|---:|---:|---:|---:|",
     ]
-    for i, (key, row, metric, mean_a, mean_b, _) in enumerate(cells):
+    for i, (key, row_a, row_b, metric, mean_a, mean_b, _) in enumerate(cells):
         mark = MARKER if adjusted[i] < alpha else ""
         delta = 100 * (mean_a - mean_b) / mean_b if mean_b else float("nan")
         lines.append(
-            f"| {key[0]} | {key[2]} | {row.num_experts} | {mode_label(row.mode) if row.mode else '-'} "
-            f"| {metric_label(metric)} | {mean_a:.4f} | {mean_b:.4f} | {delta:+.2f}%{mark} "
-            f"| {adjusted[i]:.3g} |"
+            f"| {key[0]} | {key[2]} | {row_a.label} | {row_b.label} | {metric_label(metric)} | {mean_a:.4f} "
+            f"| {mean_b:.4f} | {delta:+.2f}%{mark} | {adjusted[i]:.3g} |"
         )
     lines.append("")
     for metric in metrics:
-        mine = [(c, adjusted[i]) for i, c in enumerate(cells) if c[2] == metric]
-        wins_a = [p for c, p in mine if c[3] > c[4]]
-        wins_b = [p for c, p in mine if c[4] > c[3]]
+        mine = [(c, adjusted[i]) for i, c in enumerate(cells) if c[3] == metric]
+        wins_a = [p for c, p in mine if c[4] > c[5]]
+        wins_b = [p for c, p in mine if c[5] > c[4]]
         lines.append(
             f"- {metric_label(metric)}: {label_a} higher in {len(wins_a)} of {len(mine)} cells "
             f"({sum(p < alpha for p in wins_a)} significantly), {label_b} higher in {len(wins_b)} "
@@ -994,7 +913,7 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=Path, help="where the report files go (default: DIR/report)")
     parser.add_argument(
         "--baseline",
-        help="system the others are compared with, e.g. finetune, adapter, zero-shot "
+        help="system (grid label) the others are compared with, e.g. finetune, adapter, zero-shot "
         "(default: the first present of finetune, adapter, zero-shot)",
     )
     parser.add_argument(
@@ -1010,8 +929,8 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
         "--compare",
         nargs=2,
         metavar=("A", "B"),
-        help="also compare two systems head to head (e.g. sbmoe-learned sbmoe-faithful) at every "
-        "collection, N and mode: writes compare-A-vs-B.md",
+        help="also compare two systems of the grid head to head, by their labels (e.g. sbmoe-learned "
+        "sbmoe-faithful, or cluster gated-adapter) at every collection, N and mode: writes compare-A-vs-B.md",
     )
     parser.set_defaults(handler=run_report)
 
