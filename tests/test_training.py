@@ -350,7 +350,7 @@ def test_default_recipe_depends_on_the_regime_and_explicit_values_win():
     )  # fmt: skip
     full = resolve_config({}, {"base": "b", "dataset": "d", "output_dir": "o", "system": "finetune"})
     assert (full.epochs, full.encoder_lr, full.schedule, full.warmup_ratio, full.selection) == (
-        3, 2e-5, "linear", 0.1, "last",
+        3, 5e-5, "linear", 0.1, "last",
     )  # fmt: skip
     mine = resolve_config({"epochs": 7}, {"base": "b", "dataset": "d", "output_dir": "o", "moe_lr": 5e-4})
     assert (mine.epochs, mine.moe_lr) == (7, 5e-4)
