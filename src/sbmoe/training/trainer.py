@@ -111,6 +111,8 @@ class CollectionData:
     doc_rows: dict[str, int]  # corpus id -> row
     validation_doc_ids: list[str]  # the documents searched at validation (fixed for the whole run)
     pooled: dict[str, tuple[dict[str, int], torch.Tensor]] | None = None  # kind -> (id -> row, [N, H])
+    # RANDOM-GATE's routing keys of the validation texts, (documents, queries): fixed, so computed once
+    validation_keys: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -635,11 +637,13 @@ def _validate_collection(
         )  # fmt: skip
     doc_keys = query_keys = None
     if model.moe is not None and model.config.default_mode == "random":  # RANDOM-GATE routes by text
-        config_ = model.config
-        doc_keys = text_routing_keys(
-            tokenizer, _document_texts(collection, doc_ids), config_.document_max_length
-        )
-        query_keys = text_routing_keys(tokenizer, [queries[q] for q in query_ids], config_.query_max_length)
+        if collection.validation_keys is None:  # tokenising the corpus at every epoch would dominate
+            limits = model.config.document_max_length, model.config.query_max_length
+            collection.validation_keys = (
+                text_routing_keys(tokenizer, _document_texts(collection, doc_ids), limits[0]),
+                text_routing_keys(tokenizer, [queries[q] for q in query_ids], limits[1]),
+            )
+        doc_keys, query_keys = collection.validation_keys
     doc_embeddings, _ = apply_head(model, pooled_docs, keys=doc_keys)
     query_embeddings, _ = apply_head(model, pooled_queries, keys=query_keys)
     scores, indices = exact_search(query_embeddings, doc_embeddings, k=100)
