@@ -1,4 +1,4 @@
-"""Full fine-tuning quality: `sbmoe train --variant finetune` with its defaults against
+"""Full fine-tuning quality: `sbmoe train --system finetune` with its defaults against
 sentence-transformers' trainer (MultipleNegativesRankingLoss), side by side, on SciFact.
 
 Both start from the packaged all-MiniLM-L6-v2, train on SciFact's training split with the same batch size,
@@ -42,10 +42,10 @@ def test_scores(model: Path, data_dir: str, output: Path) -> dict[str, float]:
 
 
 def run_sbmoe(data_dir: str, output: Path, seed: int) -> tuple[dict, dict]:
-    """`sbmoe train --base minilm-l6 --dataset scifact --variant finetune --seed S` with every default."""
+    """`sbmoe train --base minilm-l6 --dataset scifact --system finetune --seed S` with every default."""
     config = resolve_config(
         {},
-        {"base": "minilm-l6", "dataset": "scifact", "data_dir": data_dir, "variant": "finetune",
+        {"base": "minilm-l6", "dataset": "scifact", "data_dir": data_dir, "system": "finetune",
          "seed": seed, "output_dir": str(output), "progress": False},
     )  # fmt: skip
     train(config)
