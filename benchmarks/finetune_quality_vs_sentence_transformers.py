@@ -9,7 +9,7 @@ The peer is set up as a practitioner would: MNRL (scale 20 = temperature 0.05), 
 sampler, learning rate 2e-5 with 10 % warm-up and linear decay, every (query, relevant document) pair of the
 training split. sbmoe holds 5 % of the training queries out for validation and draws one positive per query.
 
-Needs the bench extra: pip install -e '.[bench]'
+Needs the bench extra (datasets, accelerate): pip install -e '.[bench]'
 Usage: python benchmarks/finetune_quality_vs_sentence_transformers.py [--seeds 1] [--json OUT]
 """
 
@@ -111,6 +111,7 @@ def main() -> None:
             started = time.perf_counter()
             config, scores = run_sbmoe(args.data_dir, folder / "sbmoe", seed)
             rows["sbmoe"].append({"seed": seed, **scores, "seconds": time.perf_counter() - started})
+            print(json.dumps({"sbmoe": rows["sbmoe"][-1]}), flush=True)  # kept if the peer fails
             started = time.perf_counter()
             scores = run_sentence_transformers(
                 args.data_dir, folder / "st", seed, config["batch_size"], config["document_max_length"]
@@ -119,7 +120,7 @@ def main() -> None:
             rows["sentence-transformers"].append(
                 {"seed": seed, **scores, "seconds": time.perf_counter() - started}
             )
-            print(json.dumps({name: values[-1] for name, values in rows.items()}), flush=True)
+            print(json.dumps({"sentence-transformers": rows["sentence-transformers"][-1]}), flush=True)
     summary = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
