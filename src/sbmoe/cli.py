@@ -10,7 +10,7 @@ import typing
 from collections.abc import Callable, Sequence
 
 from sbmoe.errors import SbmoeError
-from sbmoe.retrieval.commands import add_index_type_arguments, ann_overrides
+from sbmoe.retrieval.commands import add_dtype_argument, add_index_type_arguments, ann_overrides
 
 logger = logging.getLogger("sbmoe")
 
@@ -51,6 +51,7 @@ def _add_evaluate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", help="embedding cache (default: $SBMOE_CACHE or ~/.cache/sbmoe)")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write cached embeddings")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow a model's own code to run")
+    add_dtype_argument(parser)
     parser.add_argument(
         "--mode",
         help="SB-MoE routing: top1, topk:K, all, random, or several separated by commas (encoded once; "
@@ -82,6 +83,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         modes=tuple(mode.strip() for mode in args.mode.split(",")) if args.mode else None,
         index_type=args.index_type,
         index_settings=ann_overrides(args, args.index_type),
+        dtype=args.dtype,
     )
     summaries = evaluate(settings)
     print(format_table(summaries))
@@ -258,7 +260,8 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--schedule", choices=["constant", "linear", "cosine"], help=default("schedule"))
     parser.add_argument("--warmup-ratio", type=float, help=default("warmup_ratio"))
     parser.add_argument("--max-grad-norm", type=float)
-    parser.add_argument("--bf16", action="store_true", default=None, help="bfloat16 autocast")
+    add_dtype_argument(parser, default=None)
+    parser.add_argument("--bf16", action="store_true", default=None, help="deprecated: --dtype bfloat16")
     parser.add_argument(
         "--freeze-encoder", action="store_true", default=None,
         help="train only the block on cached pooled vectors (fast on a CPU)",
@@ -311,6 +314,7 @@ def _add_experiment(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="check the config and list the runs, run nothing"
     )
+    add_dtype_argument(parser, default=None)  # None: the grid file's dtype
     _add_common(parser)
     parser.set_defaults(handler=_run_experiment)
 
@@ -320,6 +324,8 @@ def _run_experiment(args: argparse.Namespace) -> int:
     from sbmoe.experiments.runner import plan_runs, run_experiment
 
     config = load_experiment_config(args.config, data_dir=args.data_dir)
+    if args.dtype is not None:
+        config.dtype = args.dtype
     runs = plan_runs(config)
     if args.dry_run:
         for run in runs:
@@ -342,6 +348,7 @@ def _add_quickstart(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-experts", type=int, default=6)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--batch-size", type=int, default=32)
+    add_dtype_argument(parser, default="auto")
     _add_common(parser)
     parser.set_defaults(handler=_run_quickstart)
 
@@ -361,6 +368,7 @@ def _run_quickstart(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        dtype=args.dtype,
     )
     print(result["report"].markdown)
     print(

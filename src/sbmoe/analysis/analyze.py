@@ -39,8 +39,15 @@ class AnalyzeSettings:
     max_points: int = 2000  # documents drawn on the map (and given to t-SNE)
     batch_size: int = 32
     progress: bool = True
+    dtype: str = (
+        "float32"  # the encoder's compute dtype: float32, bfloat16 or auto (sbmoe.modeling.precision)
+    )
 
     def __post_init__(self) -> None:
+        from sbmoe.modeling.precision import DTYPES
+
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         for field in ("model", "dataset", "split"):
             if not str(getattr(self, field)).strip():
                 raise ValueError(f"{field} must not be empty")
@@ -74,6 +81,7 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
     from sbmoe.io import provenance, write_json
     from sbmoe.modeling.loading import load_model
     from sbmoe.modeling.moe import random_experts
+    from sbmoe.modeling.precision import resolve_dtype
     from sbmoe.retrieval.encode import (
         EmbeddingCache,
         apply_head,
@@ -104,6 +112,7 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
         "batch_size": settings.batch_size,
         "device": device,
         "progress": settings.progress,
+        "dtype": resolve_dtype(settings.dtype, device),
     }
     pooled_docs, docs_from_cache = encode_cached(
         model, tokenizer, corpus.ids, document_texts, "document", **encode
@@ -222,6 +231,8 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def add_analyze_parser(commands: argparse._SubParsersAction) -> None:
     """Add `sbmoe analyze` to the CLI's subcommands."""
+    from sbmoe.retrieval.commands import add_dtype_argument
+
     parser = commands.add_parser(
         "analyze",
         help="expert usage of an SB-MoE model on a collection: shares, entropy, maps",
@@ -242,6 +253,7 @@ def add_analyze_parser(commands: argparse._SubParsersAction) -> None:
         "--max-points", type=int, default=2000, help="documents drawn on the map (default: 2000)"
     )
     parser.add_argument("--batch-size", type=int, default=32)
+    add_dtype_argument(parser)
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(handler=_run_analyze)
 
@@ -258,6 +270,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             max_points=args.max_points,
             batch_size=args.batch_size,
             progress=not args.no_progress,
+            dtype=args.dtype,
         )
     except ValueError as error:
         raise SbmoeError(str(error)) from error

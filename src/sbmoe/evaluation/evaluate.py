@@ -21,6 +21,7 @@ from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
+from sbmoe.modeling.precision import DTYPES, dtype_name, resolve_dtype
 from sbmoe.retrieval.ann import INDEX_TYPES, ann_search, ann_settings, build_ann_index, recall_against_exact
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
@@ -62,8 +63,13 @@ class EvaluateSettings:
     per_mode_folders: bool | None = None  # OUT/<mode>/ for each mode; None: only when several modes
     index_type: str = "exact"  # or hnsw / ivfpq: searched approximately, recall against exact reported
     index_settings: dict[str, Any] | None = None  # settings of the approximate index (see ann_settings)
+    dtype: str = (
+        "float32"  # the encoder's compute dtype: float32, bfloat16 or auto (sbmoe.modeling.precision)
+    )
 
     def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         if self.drop_self_hits not in SELF_HIT_CHOICES:
             raise ValueError(
                 f"drop_self_hits must be one of {list(SELF_HIT_CHOICES)}, got {self.drop_self_hits!r}"
@@ -110,6 +116,7 @@ def evaluate(
     modes = _check_modes(settings.modes, model)
     device = default_device()
     model.to(device)
+    dtype = resolve_dtype(settings.dtype, device)
 
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
     document_texts = corpus.document_texts()
@@ -123,6 +130,7 @@ def evaluate(
         batch_size=settings.batch_size,
         device=device,
         progress=settings.progress,
+        dtype=dtype,
     )
     corpus_seconds = time.perf_counter() - tick
 
@@ -139,6 +147,7 @@ def evaluate(
         batch_size=settings.batch_size,
         device=device,
         progress=settings.progress,
+        dtype=dtype,
     )
     query_seconds = time.perf_counter() - tick
 
@@ -170,6 +179,7 @@ def evaluate(
             "split": settings.split,
             "model": settings.model,
             "mode": mode,
+            "dtype": dtype_name(dtype),
             **result.aggregate,
             "num_queries": result.num_queries,
             "drop_self_hits": drop_self_hits,

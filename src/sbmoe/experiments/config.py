@@ -11,6 +11,7 @@
     train_split: train
     test_split: test
     top_k: 1000                              # hits per query written to each run file
+    dtype: float32                           # the encoder's precision in training and evaluation (or auto)
     keep_models: false                       # or a list of system labels
     training: {freeze_encoder: true, epochs: 20}   # TrainingConfig fields shared by every run
 
@@ -92,6 +93,7 @@ class ExperimentConfig:
     keep_models: bool | list[str] = False  # or the labels of the systems whose models are kept
     training: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
+    dtype: str = "float32"  # the encoder's compute dtype, grid-wide: float32, bfloat16 or auto
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -99,7 +101,7 @@ class ExperimentConfig:
 
 TOP_LEVEL = {
     "name", "bases", "train_datasets", "zero_shot_datasets", "systems", "num_experts", "modes", "seeds",
-    "train_split", "test_split", "keep_models", "training", "data_dir", "top_k",
+    "train_split", "test_split", "keep_models", "training", "data_dir", "top_k", "dtype",
 }  # fmt: skip
 
 
@@ -178,6 +180,7 @@ def build_experiment_config(
         keep_models=_keep_models(raw.get("keep_models", False), systems, fail),
         training=training,
         data_dir=raw.get("data_dir", data_dir),
+        dtype=_dtype(raw.get("dtype", "float32"), fail),
     )
     for name in config.train_datasets:
         try:
@@ -192,6 +195,14 @@ def build_experiment_config(
     if check_data:
         _check_collections(config, fail)
     return config
+
+
+def _dtype(value: Any, fail) -> str:
+    from sbmoe.modeling.precision import DTYPES
+
+    if value not in DTYPES:
+        raise fail(f"dtype must be one of {list(DTYPES)}, got {value!r}")
+    return value
 
 
 def _positive_int(value: Any, name: str, fail) -> int:
@@ -217,6 +228,10 @@ def _check_training_keys(settings: dict[str, Any], where: str, fail) -> None:
         raise fail(f"{where}: unknown training setting(s) {unknown}")
     if where == "training" and init_from_label(settings) is not None:
         raise fail("training: init_from '@label' belongs in a system's entry (it names another system)")
+    if "dtype" in settings or "bf16" in settings:
+        raise fail(
+            f"{where}: the encoder's dtype is grid-wide (training and evaluation): set dtype at the top"
+        )
     owned = sorted(set(settings) & GRID_OWNED)
     if owned:
         raise fail(f"{where}: {owned} are set by the grid itself, not under training")

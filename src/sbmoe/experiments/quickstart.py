@@ -22,7 +22,13 @@ logger = logging.getLogger(__name__)
 
 
 def quickstart_config(
-    base: str, dataset: str, data_dir: str | None, num_experts: int, seed: int, batch_size: int
+    base: str,
+    dataset: str,
+    data_dir: str | None,
+    num_experts: int,
+    seed: int,
+    batch_size: int,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
     return {
         "name": "quickstart",
@@ -40,6 +46,7 @@ def quickstart_config(
         "keep_models": ["sbmoe-learned"],
         "training": {"freeze_encoder": True, "epochs": 20, "batch_size": batch_size},
         "data_dir": data_dir,
+        "dtype": dtype,
     }
 
 
@@ -52,11 +59,14 @@ def run_quickstart(
     seed: int = 42,
     batch_size: int = 32,
     progress: bool = True,
+    dtype: str = "auto",
 ) -> dict[str, Any]:
-    """Run the grid, write the report and the analysis; returns their paths and the report."""
+    """Run the grid, write the report and the analysis; returns their paths and the report.
+
+    dtype: the encoder's precision (auto: bfloat16 where the hardware has it, else float32)."""
     output = Path(output_dir)
     config = build_experiment_config(
-        quickstart_config(base, dataset, data_dir, num_experts, seed, batch_size),
+        quickstart_config(base, dataset, data_dir, num_experts, seed, batch_size, dtype),
         where="quickstart",
         data_dir=data_dir,
     )
@@ -74,6 +84,7 @@ def run_quickstart(
             data_dir=data_dir,
             output_dir=str(output / "analysis"),
             progress=progress,
+            dtype=dtype,
         )
     )
     return {"report": report, "report_paths": paths, "analysis": analysis}

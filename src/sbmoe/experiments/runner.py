@@ -113,6 +113,7 @@ def _check_or_write_experiment(output: Path, config: ExperimentConfig) -> None:
     record = output / "experiment.json"
     if record.is_file():
         saved = json.loads(record.read_text(encoding="utf-8"))["config"]
+        saved = {"dtype": "float32", **saved}  # grids written before the field ran in float32
         if saved != json.loads(json.dumps(config.to_dict())):
             raise SbmoeError(
                 f"{output} holds experiment {saved.get('name')!r} with a different configuration; "
@@ -144,6 +145,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             "train_split": config.train_split,
             "seed": run.seed,
             "num_experts": run.num_experts or 1,
+            "dtype": config.dtype,
         }
         if run.init_from_run is not None:  # "@label": the model of that system's run, same seed
             settings["init_from"] = str(output / "runs" / run.init_from_run / "model")
@@ -167,6 +169,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             modes=modes,
             per_mode_folders=True,
             progress=progress,
+            dtype=config.dtype,
         )
         summaries = evaluate(settings, loaded=loaded)
         for summary in summaries:

@@ -36,8 +36,24 @@ def _add_source(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--data-dir", help="folder of BEIR collections (default: $SBMOE_DATA)")
 
 
+def add_dtype_argument(parser: argparse.ArgumentParser, default: str | None = "float32") -> None:
+    """--dtype: the encoder's compute precision (`sbmoe.modeling.precision`). default None: not given
+    (a config file or the settings' own default decides, float32)."""
+    from sbmoe.modeling.precision import DTYPES
+
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=default,
+        help="encoder precision: bfloat16 runs under autocast (weights, routing and embeddings stay "
+        "float32); auto = bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it, else float32 "
+        f"(default: {default or 'float32'})",
+    )
+
+
 def _add_encoding(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", help="SB-MoE routing of the documents (default: the model's default_mode)")
+    add_dtype_argument(parser)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument(
         "--chunk-size",
@@ -104,6 +120,12 @@ def _load(model_name: str):
     return model, tokenizer
 
 
+def _dtype(args: argparse.Namespace, model) -> Any:
+    from sbmoe.modeling.precision import resolve_dtype
+
+    return resolve_dtype(args.dtype, next(model.parameters()).device)
+
+
 def _encode_shard(
     args: argparse.Namespace,
     output: str | Path,
@@ -128,6 +150,7 @@ def _encode_shard(
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         progress=progress and not args.no_progress,
+        dtype=_dtype(args, model),
     )
 
 

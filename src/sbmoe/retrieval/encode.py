@@ -1,7 +1,8 @@
 """Batched encoding of texts into pooled vectors, and a disk cache for corpus embeddings.
 
 The cache stores the encoder's pooled output (before the model's head), so a change of head settings or
-routing mode reuses it. Its key covers the encoder weights, pooling, max length and the exact texts.
+routing mode reuses it. Its key covers the encoder weights, pooling, max length, the compute dtype (see
+`sbmoe.modeling.precision`) and the exact texts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.moe import routing_keys
+from sbmoe.modeling.precision import dtype_name, encoder_autocast
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +46,19 @@ def encode_pooled(
     device: torch.device | None = None,
     progress: bool = True,
     chunk_size: int = CHUNK_SIZE,
+    dtype: torch.dtype = torch.float32,
 ) -> np.ndarray:
     """Encode `texts` ("query" or "document" limits apply) into pooled vectors [N, H], float32.
 
     Texts go through in chunks of `chunk_size` (see `pool_chunk`); rows come back in the input order.
+    dtype: the encoder's compute dtype (float32, or bfloat16 autocast).
     """
     pooled = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
     with tqdm(total=len(texts), desc=f"Encoding {kind}s", unit=kind[:3], disable=not progress) as bar:
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
             pooled[start : start + len(chunk)], _ = pool_chunk(
-                model, tokenizer, chunk, kind, batch_size=batch_size, device=device, bar=bar
+                model, tokenizer, chunk, kind, batch_size=batch_size, device=device, bar=bar, dtype=dtype
             )
     return pooled
 
@@ -68,11 +72,13 @@ def pool_chunk(
     batch_size: int = 32,
     device: torch.device | None = None,
     bar: tqdm | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pooled vectors [n, H] float32 and routing keys [n] of a chunk of texts, in input order.
 
     The chunk is tokenised once, then batched longest first so padding is small. A chunk's result
-    depends only on its texts, which is what makes sharded encoding equal to one pass.
+    depends only on its texts, which is what makes sharded encoding equal to one pass. The encoder runs
+    in `dtype` (bfloat16 under autocast); the pooled vectors are float32 either way.
     """
     device = device or next(model.parameters()).device
     token_ids = tokenizer(
@@ -92,7 +98,9 @@ def pool_chunk(
             rows = order[start : start + batch_size]
             batch = tokenizer.pad({"input_ids": [token_ids[i] for i in rows]}, return_tensors="pt")
             input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-            pooled[rows] = model.pool(input_ids, attention_mask).float().cpu().numpy()  # [b, H]
+            with encoder_autocast(device, dtype):
+                vectors = model.pool(input_ids, attention_mask)
+            pooled[rows] = vectors.float().cpu().numpy()  # [b, H]
             keys[rows] = routing_keys(input_ids, attention_mask).cpu().numpy()
             if bar is not None:
                 bar.update(len(rows))
@@ -110,11 +118,14 @@ def embed_chunk(
     batch_size: int = 32,
     device: torch.device | None = None,
     bar: tqdm | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The scored embeddings [n, H] of a chunk of texts under routing `mode`, and each text's top expert
     [n] (None without an MoE block): `pool_chunk`, then `apply_head` (with the texts' own routing keys
     for the "random" mode)."""
-    pooled, keys = pool_chunk(model, tokenizer, texts, kind, batch_size=batch_size, device=device, bar=bar)
+    pooled, keys = pool_chunk(
+        model, tokenizer, texts, kind, batch_size=batch_size, device=device, bar=bar, dtype=dtype
+    )
     return apply_head(model, pooled, mode, keys if mode == "random" else None)
 
 
@@ -195,7 +206,14 @@ class EmbeddingCache:
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
 
-    def key(self, model: SBMoEModel, kind: str, ids: Sequence[str], texts: Sequence[str]) -> str:
+    def key(
+        self,
+        model: SBMoEModel,
+        kind: str,
+        ids: Sequence[str],
+        texts: Sequence[str],
+        dtype: torch.dtype = torch.float32,
+    ) -> str:
         parts = {
             "format": CACHE_FORMAT,
             "encoder": model_fingerprint(model.encoder),
@@ -203,6 +221,8 @@ class EmbeddingCache:
             "max_length": model.config.max_length_for(kind),
             "texts": texts_fingerprint(ids, texts),
         }
+        if dtype != torch.float32:  # float32 keys predate the field: existing caches stay valid
+            parts["dtype"] = dtype_name(dtype)
         return hashlib.blake2b(json.dumps(parts, sort_keys=True).encode(), digest_size=16).hexdigest()
 
     def folder(self, key: str) -> Path:
@@ -252,25 +272,28 @@ def encode_cached(
     batch_size: int = 32,
     device: torch.device | None = None,
     progress: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, bool]:
-    """Pooled vectors [N, H] of `texts` ("query" or "document"), from the cache when possible.
+    """Pooled vectors [N, H] of `texts` ("query" or "document"), from the cache when possible; the encoder
+    runs in `dtype` (part of the cache key).
 
     Returns the array and whether it came from the cache.
     """
-    key = cache.key(model, kind, ids, texts) if cache is not None else None
+    key = cache.key(model, kind, ids, texts, dtype) if cache is not None else None
     if cache is not None:
         cached = cache.load(key, ids)
         if cached is not None:
             logger.info("Reusing cached %s embeddings %s (%d x %d)", kind, cache.folder(key), *cached.shape)
             return cached, True
     pooled = encode_pooled(
-        model, tokenizer, texts, kind, batch_size=batch_size, device=device, progress=progress
+        model, tokenizer, texts, kind, batch_size=batch_size, device=device, progress=progress, dtype=dtype
     )
     if cache is not None:
         meta = {
             "kind": kind,
             "count": len(ids),
             "hidden_size": pooled.shape[1],
+            "dtype": dtype_name(dtype),
             "model": model.config.name_or_path,
         }
         folder = cache.save(key, ids, pooled, meta)

@@ -38,6 +38,7 @@ from sbmoe.errors import DataError, SbmoeError
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
+from sbmoe.modeling.precision import dtype_name
 from sbmoe.retrieval.ann import (
     INDEX_TYPES,
     ann_search,
@@ -58,7 +59,9 @@ ANN_FILE = "ann.faiss"
 PREVIEW_CHARS = 100
 INDEX_FORMAT = 1
 # Shards of one encoding must agree on all of these.
-SHARED_FIELDS = ("num_shards", "num_documents", "corpus", "model_fingerprint", "mode", "chunk_size", "dim")
+SHARED_FIELDS = (
+    "num_shards", "num_documents", "corpus", "model_fingerprint", "mode", "chunk_size", "dim", "dtype"
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ encode
@@ -107,11 +110,13 @@ def encode_shard(
     chunk_size: int = CHUNK_SIZE,
     device: torch.device | None = None,
     progress: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Encode one shard of a corpus file into OUTPUT/shards/shard-I-of-S/ and return that folder.
 
     The shard is written into a temporary folder renamed into place when complete, so a crash leaves
     no partial shard; a complete shard of the same model and settings is kept, not encoded again.
+    dtype: the encoder's compute dtype, recorded in the index: its queries are encoded the same way.
     """
     if mode is not None and model.moe is None:
         raise SbmoeError(f"--mode {mode}: this model has no MoE block, so it has no routing modes")
@@ -138,6 +143,7 @@ def encode_shard(
         "num_experts": model.config.num_experts if model.moe is not None else None,
         "chunk_size": chunk_size,
         "dim": model.config.hidden_size,
+        "dtype": dtype_name(dtype),
     }
     folder = shard_folder(output_dir, shard_index, num_shards)
     existing = _read_json(folder / SHARD_FILE) if (folder / SHARD_FILE).exists() else None
@@ -155,7 +161,17 @@ def encode_shard(
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         _encode_rows(
-            model, tokenizer, corpus_path, rows, staging, mode, batch_size, chunk_size, device, progress
+            model,
+            tokenizer,
+            corpus_path,
+            rows,
+            staging,
+            mode,
+            batch_size,
+            chunk_size,
+            device,
+            progress,
+            dtype,
         )
         write_json(staging / SHARD_FILE, info)
         os.replace(staging, folder)
@@ -176,6 +192,7 @@ def _encode_rows(
     chunk_size: int,
     device: torch.device | None,
     progress: bool,
+    dtype: torch.dtype,
 ) -> None:
     """Stream rows [start, stop) of the corpus through the model into memory-mapped files in `folder`."""
     dim = model.config.hidden_size
@@ -194,8 +211,9 @@ def _encode_rows(
         for chunk in _batches(documents, chunk_size):
             texts = [document_text(title, text) for _, title, text in chunk]
             vectors, chosen = embed_chunk(
-                model, tokenizer, texts, "document", mode, batch_size=batch_size, device=device, bar=bar
-            )
+                model, tokenizer, texts, "document", mode,
+                batch_size=batch_size, device=device, bar=bar, dtype=dtype,
+            )  # fmt: skip
             embeddings[written : written + len(chunk)] = vectors
             if experts is not None:
                 experts[written : written + len(chunk)] = chosen
@@ -359,6 +377,7 @@ def _index_info(shard: dict[str, Any], num_documents: int, num_shards: int) -> d
         "model": shard["model"],
         "model_fingerprint": shard["model_fingerprint"],
         "mode": shard["mode"],
+        "dtype": shard.get("dtype", "float32"),  # indexes built before the field: float32
         "num_experts": shard["num_experts"],
         "num_shards": num_shards,
         "provenance": provenance(),
@@ -458,9 +477,11 @@ class Index:
         texts: Sequence[str],
         batch_size: int = 32,
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Query embeddings [Q, H] under the index's routing mode and each query's top expert [Q] or None."""
+        """Query embeddings [Q, H] under the index's routing mode and compute dtype, and each query's top
+        expert [Q] or None."""
         mode = self.info["mode"]
-        return embed_chunk(model, tokenizer, texts, "query", mode, batch_size=batch_size)
+        dtype = getattr(torch, self.info.get("dtype", "float32"))
+        return embed_chunk(model, tokenizer, texts, "query", mode, batch_size=batch_size, dtype=dtype)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from sbmoe.errors import SbmoeError
+from sbmoe.modeling.precision import DTYPES
 from sbmoe.modeling.settings import BlockSettings, block_settings_of
 
 logger = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ class TrainingConfig(BlockSettings):
     schedule: str | None = None
     warmup_ratio: float | None = None
     max_grad_norm: float | None = 1.0
-    bf16: bool = False
+    dtype: str = "float32"  # the encoder's forward: float32, bfloat16 (autocast) or auto (see precision.py)
     freeze_encoder: bool = False
     # selection, checkpoints, logging
     selection: str = "last"
@@ -135,6 +136,7 @@ class TrainingConfig(BlockSettings):
                 setattr(self, name, value)
         super().__post_init__()  # the block's fields
         _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("dtype", self.dtype, DTYPES)
         _check_choice("selection", self.selection, SELECTIONS)
         if self.preset is not None:
             _check_choice("preset", self.preset, ("paper",))
@@ -216,12 +218,13 @@ FIELD_NAMES = {field.name for field in fields(TrainingConfig)}
 # Settings that may differ between a run and its resumption.
 RESUMABLE_FIELDS = {"progress", "tensorboard", "epochs", "early_stopping_patience", "data_dir", "output_dir"}
 # Keys of settings written before the block's fields were one declaration.
-LEGACY_KEYS = {"moe"}
+LEGACY_KEYS = {"moe", "bf16"}
 
 
 def upgrade_legacy_settings(settings: dict[str, Any], where: str, warn: bool = True) -> dict[str, Any]:
     """Old names to new ones: `moe` (the block variant) -> `variant`; `variant` holding a system name
-    (finetune, sbmoe, adapter, random-gate) -> `system`. Each logs a deprecation warning naming `where`.
+    (finetune, sbmoe, adapter, random-gate) -> `system`; `bf16: true` -> `dtype: bfloat16`. Each logs a
+    deprecation warning naming `where`.
 
     Raises SbmoeError when an old and a new key disagree.
     """
@@ -248,6 +251,12 @@ def upgrade_legacy_settings(settings: dict[str, Any], where: str, warn: bool = T
                 raise SbmoeError(f"{where}: moe {variant!r} contradicts variant {settings['variant']!r}")
             settings["variant"] = variant
             deprecated(f"moe {variant} is now variant {variant} (--variant)")
+    if "bf16" in settings:
+        dtype = "bfloat16" if settings.pop("bf16") else "float32"
+        if settings.get("dtype", dtype) != dtype:
+            raise SbmoeError(f"{where}: bf16 contradicts dtype {settings['dtype']!r}")
+        settings["dtype"] = dtype
+        deprecated(f"bf16 is now dtype {dtype} (--dtype)")
     return settings
 
 

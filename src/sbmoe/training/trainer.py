@@ -43,6 +43,7 @@ from sbmoe.modeling import SBMoEModel, build_model, load_model
 from sbmoe.modeling.block_init import init_prototypes, upcycle
 from sbmoe.modeling.loading import is_sbmoe_folder
 from sbmoe.modeling.moe import noise_weight as routing_noise_weight
+from sbmoe.modeling.precision import encoder_autocast, resolve_dtype
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
     apply_head,
@@ -374,6 +375,7 @@ def _pool_everything(
         vectors, _ = encode_cached(
             model, tokenizer, ids, texts, kind,
             cache=cache, batch_size=config.encode_batch_size, device=device, progress=config.progress,
+            dtype=resolve_dtype(config.dtype, device),
         )  # fmt: skip
         pooled[kind] = (
             {doc_id: row for row, doc_id in enumerate(ids)},
@@ -427,7 +429,7 @@ def _init_prototypes(
         pooled, _ = encode_cached(
             model, tokenizer, corpus.ids, corpus.document_texts(), "document",
             cache=EmbeddingCache(), batch_size=config.encode_batch_size, device=device,
-            progress=config.progress,
+            progress=config.progress, dtype=resolve_dtype(config.dtype, device),
         )  # fmt: skip
         tables.append(torch.from_numpy(np.asarray(pooled)))
     vectors = torch.cat(tables)  # [documents of all collections, H]
@@ -484,17 +486,16 @@ def _train_step(
     lo, hi = info.rank * per_rank, (info.rank + 1) * per_rank
     negative_noise = doc_noise[size:][lo * num_negatives : hi * num_negatives]
 
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16):
-        w = noise_weight
-        queries = _embed(model, tokenizer, query_ids, "query", collection, query_noise[lo:hi], device, w)
-        positives = _embed(
-            model, tokenizer, positive_ids, "document", collection, doc_noise[lo:hi], device, w
-        )
-        negatives = (
-            _embed(model, tokenizer, negative_ids, "document", collection, negative_noise, device, w)
-            if negative_ids
-            else None
-        )
+    w, dtype = noise_weight, resolve_dtype(config.dtype, device)
+    queries = _embed(model, tokenizer, query_ids, "query", collection, query_noise[lo:hi], device, w, dtype)
+    positives = _embed(
+        model, tokenizer, positive_ids, "document", collection, doc_noise[lo:hi], device, w, dtype
+    )
+    negatives = (
+        _embed(model, tokenizer, negative_ids, "document", collection, negative_noise, device, w, dtype)
+        if negative_ids
+        else None
+    )
     q = gather_with_grad(queries.embeddings.float(), info)  # [B, H]
     d = gather_with_grad(positives.embeddings.float(), info)  # [B, H]
     if negatives is not None:
@@ -513,7 +514,11 @@ def _noise_weight(model: SBMoEModel, step: int, total_steps: int) -> float:
     return 1.0 if model.moe is None else routing_noise_weight(model.moe.settings, step, total_steps)
 
 
-def _embed(model, tokenizer, ids, kind, collection: CollectionData, noise, device, noise_weight=1.0):
+def _embed(
+    model, tokenizer, ids, kind, collection: CollectionData, noise, device, noise_weight=1.0, dtype=None
+):
+    """The head's output for `ids`: pooled vectors from the frozen table or the encoder (run in `dtype`,
+    autocast for bfloat16), then the block in float32."""
     if collection.pooled is not None:
         rows, table = collection.pooled[kind]
         pooled = table[[rows[i] for i in ids]].to(device)
@@ -530,7 +535,9 @@ def _embed(model, tokenizer, ids, kind, collection: CollectionData, noise, devic
             max_length=model.config.max_length_for(kind),
             return_tensors="pt",
         ).to(device)
-        pooled = model.pool(tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"))
+        with encoder_autocast(device, dtype or torch.float32):
+            pooled = model.pool(tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"))
+        pooled = pooled.float()
     if model.moe is None:
         return model.head(pooled)
     return model.head(pooled, noise=noise.to(device), noise_weight=noise_weight)
@@ -627,13 +634,14 @@ def _validate_collection(
         rows, table = collection.pooled["query"]
         pooled_queries = table[[rows[i] for i in query_ids]].numpy()
     else:
+        dtype = resolve_dtype(config.dtype, device)
         pooled_docs = encode_pooled(
             model, tokenizer, _document_texts(collection, doc_ids), "document",
-            batch_size=config.encode_batch_size, device=device, progress=False,
+            batch_size=config.encode_batch_size, device=device, progress=False, dtype=dtype,
         )  # fmt: skip
         pooled_queries = encode_pooled(
             model, tokenizer, [queries[q] for q in query_ids], "query",
-            batch_size=config.encode_batch_size, device=device, progress=False,
+            batch_size=config.encode_batch_size, device=device, progress=False, dtype=dtype,
         )  # fmt: skip
     doc_keys = query_keys = None
     if model.moe is not None and model.config.default_mode == "random":  # RANDOM-GATE routes by text
