@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 
 
 def set_openblas_threads(args: argparse.Namespace) -> str:
@@ -23,3 +24,31 @@ def proc_status_kib(field: str) -> int:
             if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def cpu_report() -> dict[str, object]:
+    """The CPU model, its bfloat16 capabilities as torch sees them, and what dtype "auto" picks."""
+    model_name = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            model_name = next(
+                (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                model_name,
+            )
+    except OSError:
+        pass
+
+    import torch
+
+    from sbmoe.modeling.precision import dtype_name, resolve_dtype
+
+    def capability(name: str) -> bool | None:  # private torch helpers: None where this torch lacks them
+        check = getattr(torch.cpu, name, None)
+        return bool(check()) if check is not None else None
+
+    return {
+        "model_name": model_name,
+        "amx_tile": capability("_is_amx_tile_supported"),
+        "avx512_bf16": capability("_is_avx512_bf16_supported"),
+        "auto_dtype": dtype_name(resolve_dtype("auto", torch.device("cpu"))),
+    }
