@@ -204,3 +204,27 @@ def test_init_from_a_label_is_checked_with_the_grid(tiny_encoder, collections, s
         build_experiment_config(
             {**raw, "training": {**raw["training"], **training}}, where="t", check_data=False
         )
+
+
+def test_a_grid_is_completed_seed_by_seed(tiny_encoder, collections, tmp_path, capsys):
+    import yaml
+
+    from sbmoe.cli import main
+
+    raw = grid(tiny_encoder, collections, systems={"zero-shot": {}, "adapter": {}})
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "exp"
+
+    def finished() -> set[str]:
+        return {p.parent.relative_to(out / "runs").as_posix() for p in (out / "runs").rglob("done.json")}
+
+    assert main(["experiment", str(path), "--output-dir", str(out), "--seeds", "2", "--no-progress"]) == 0
+    assert finished() == {"zero-shot/tiny-bert", "alpha/tiny-bert/adapter-n1/seed2"}
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert {json.loads(line)["seed"] for line in lines} == {None, 2}
+    assert main(["experiment", str(path), "--output-dir", str(out), "--no-progress"]) == 0  # the rest
+    assert finished() == {run.run_id for run in plan_runs(build_experiment_config(raw, where="t"))}
+    assert main(["experiment", str(path), "--output-dir", str(out), "--seeds", "3"]) == 2
+    assert "seeds [3] are not in the grid's [1, 2]" in capsys.readouterr().err
+    assert main(["experiment", str(path), "--output-dir", str(out), "--seeds", "one"]) == 2

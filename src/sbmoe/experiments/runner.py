@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,15 +86,29 @@ def plan_runs(config: ExperimentConfig) -> list[Run]:
 
 
 def run_experiment(
-    config: ExperimentConfig, output_dir: str | Path, progress: bool = True
+    config: ExperimentConfig,
+    output_dir: str | Path,
+    progress: bool = True,
+    seeds: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
-    """Execute (or resume) the grid in `output_dir`; returns the lines of results.jsonl."""
+    """Execute (or resume) the grid in `output_dir`; returns the lines of results.jsonl.
+
+    seeds: run only the runs of these seeds of the grid now (the untrained base's run included), so that a
+    long grid can be completed seed by seed in separate sessions; results.jsonl holds every finished run.
+    """
     output = Path(output_dir)
+    if seeds is not None and not set(seeds) <= set(config.seeds):
+        missing = sorted(set(seeds) - set(config.seeds))
+        raise SbmoeError(f"seeds {missing} are not in the grid's {config.seeds}")
     _check_or_write_experiment(output, config)
     runs = plan_runs(config)
-    finished = sum((output / "runs" / run.run_id / "done.json").is_file() for run in runs)
-    logger.info("Experiment %s: %d runs, %d already finished", config.name, len(runs), finished)
-    bar = tqdm(runs, desc=f"Experiment {config.name}", unit="run", disable=not progress)
+    chosen = [run for run in runs if seeds is None or run.seed is None or run.seed in seeds]
+    finished = sum((output / "runs" / run.run_id / "done.json").is_file() for run in chosen)
+    logger.info(
+        "Experiment %s: %d runs%s, %d already finished", config.name, len(chosen),
+        "" if seeds is None else f" of {len(runs)} (seeds {list(seeds)})", finished,
+    )  # fmt: skip
+    bar = tqdm(chosen, desc=f"Experiment {config.name}", unit="run", disable=not progress)
     for run in bar:
         folder = output / "runs" / run.run_id
         if (folder / "done.json").is_file():
