@@ -1,8 +1,9 @@
 """Turn a model name into an `SBMoEModel` and its tokenizer.
 
 Accepted names: an SB-MoE folder (config.json with model_type "sbmoe"), a sentence-transformers folder
-(its pooling, normalisation and max length are used), any Hugging Face encoder folder or hub id, and the
-alias `minilm-l6` for the packaged all-MiniLM-L6-v2.
+(its pooling, normalisation and max length are used), any Hugging Face encoder folder, a Hugging Face Hub
+id of any of these (fetched with huggingface_hub, or found in the local Hub cache when HF_HUB_OFFLINE=1),
+and the alias `minilm-l6` for the packaged all-MiniLM-L6-v2.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from sbmoe.errors import SbmoeError
@@ -115,6 +117,7 @@ def load_model(
         "document_max_length": document_max_length,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
+    name = str(local_folder(name))
     try:
         if is_sbmoe_folder(name):
             model = SBMoEModel.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -126,8 +129,47 @@ def load_model(
             model, tokenizer = _from_encoder(name, overrides, trust_remote_code)
     except (OSError, ValueError) as error:
         raise SbmoeError(f"cannot load model {name_or_path!r}: {error}") from error
+    except SafetensorError as error:  # a truncated or corrupt weights file
+        weights = ", ".join(str(path) for path in sorted(Path(name).rglob("*.safetensors")))
+        raise SbmoeError(
+            f"cannot load model {name_or_path!r}: weights file {weights} is corrupt ({error})"
+        ) from None
     model.eval()
     return model, tokenizer
+
+
+# Files fetched from a Hub repository: configs, tokenizer files and safetensors weights (never pickled
+# weights, ONNX or other frameworks' copies; remote code only where it is asked for).
+HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
+
+
+def local_folder(name: str | Path) -> Path:
+    """The local folder `name` names: a folder, or the snapshot of a Hugging Face Hub repository (fetched
+    with huggingface_hub, only HUB_FILES; offline, from the local Hub cache).
+
+    Raises SbmoeError when `name` is a file, a missing path that is no valid hub id, or a repository that
+    cannot be fetched or is not in the cache.
+    """
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise SbmoeError(f"{name}: is a file; a model is a folder (or a Hugging Face Hub id)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(str(name))
+    except HFValidationError:
+        raise SbmoeError(f"{name}: no such folder, and not a Hugging Face Hub id (org/name)") from None
+    try:
+        return Path(snapshot_download(str(name), allow_patterns=HUB_FILES))
+    except Exception as error:  # unknown repository, no network, offline and not cached
+        raise SbmoeError(
+            f"{name}: no such folder, and the Hugging Face Hub repository cannot be fetched "
+            f"({type(error).__name__}: {error})"
+        ) from None
 
 
 def build_model(
