@@ -285,7 +285,7 @@ def test_dangling_counts_and_one_warning(tmp_path, caplog):
         qrels = ds.qrels("test")
         ds.qrels("test")
     assert qrels["q1"] == {"d1": 1, "d9": 1}
-    assert ds.dangling("test") == {"missing_documents": 2, "missing_queries": 2}
+    assert ds.dangling("test") == {"missing_documents": 2, "missing_queries": 2, "empty_queries": 0}
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
     assert "2 judgements point at documents" in warnings[0].getMessage()
@@ -437,6 +437,7 @@ def test_validate_report(tmp_path):
         "relevant_rows": 3,
         "missing_documents": 1,
         "missing_queries": 1,
+        "empty_queries": 0,
         "queries_without_relevant": 0,
     }
     assert report["splits"]["train"]["rows"] == 1

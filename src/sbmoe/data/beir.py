@@ -317,24 +317,37 @@ class BeirDataset:
                 )
             self._qrels[split] = load_qrels(self.path / QRELS_DIR / f"{split}.tsv")
             counts = self.dangling(split)
-            if any(counts.values()):
+            if counts["missing_documents"] or counts["missing_queries"]:
                 logger.warning(
-                    "%s/%s: %d judgements point at documents not in the corpus and %d at queries not in "
-                    "queries.jsonl; they count as never retrieved",
+                    "%s/%s: %d judgements point at documents not in the corpus (they count as never "
+                    "retrieved) and %d at queries not in queries.jsonl (those queries are not evaluated)",
                     self.name,
                     split,
                     counts["missing_documents"],
                     counts["missing_queries"],
                 )
+            if counts["empty_queries"]:
+                logger.warning(
+                    "%s/%s: %d judged queries have an empty text in queries.jsonl",
+                    self.name,
+                    split,
+                    counts["empty_queries"],
+                )
         return {query_id: dict(docs) for query_id, docs in self._qrels[split].items()}
 
     def dangling(self, split: str) -> dict[str, int]:
-        """Count judgement rows of `split` whose document or query is absent from the collection."""
+        """Count judgement rows of `split` whose document or query is absent from the collection, and the
+        judged queries whose text is empty."""
         qrels = self._qrels[split] if split in self._qrels else self.qrels(split)
         documents, queries = self._document_ids, self.queries
         missing_documents = sum(doc_id not in documents for docs in qrels.values() for doc_id in docs)
         missing_queries = sum(len(docs) for query_id, docs in qrels.items() if query_id not in queries)
-        return {"missing_documents": missing_documents, "missing_queries": missing_queries}
+        empty_queries = sum(query_id in queries and not queries[query_id].strip() for query_id in qrels)
+        return {
+            "missing_documents": missing_documents,
+            "missing_queries": missing_queries,
+            "empty_queries": empty_queries,
+        }
 
     def queries_are_documents(self) -> bool:
         """Whether the queries are themselves corpus documents under the same id (as in ArguAna).
@@ -498,6 +511,8 @@ def _split_problems(split: str, counts: dict[str, int]) -> list[str]:
         problems.append(
             f"{split}: {counts['missing_queries']} judgements point at queries not in queries.jsonl"
         )
+    if counts["empty_queries"]:
+        problems.append(f"{split}: {counts['empty_queries']} judged queries have an empty text")
     if counts["queries_without_relevant"]:
         problems.append(
             f"{split}: {counts['queries_without_relevant']} judged queries have no relevant document"

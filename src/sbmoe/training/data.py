@@ -12,7 +12,7 @@ collections are shuffled together (`interleave`): every batch holds the queries 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,13 +46,22 @@ class Batch:
 
 
 def training_examples(
-    qrels: dict[str, dict[str, int]], query_ids: set[str], doc_ids: set[str], split: str
+    qrels: dict[str, dict[str, int]], queries: Mapping[str, str], doc_ids: set[str], split: str
 ) -> list[Example]:
-    """Examples for the judged queries that exist and have a relevant document in the corpus."""
+    """Examples for the judged queries that exist and have a relevant document in the corpus.
+
+    Raises SbmoeError when a judged query has an empty text (it would train on nothing) or when no
+    example is left."""
+    empty = sorted(query_id for query_id in qrels if query_id in queries and not queries[query_id].strip())
+    if empty:
+        raise SbmoeError(
+            f"split {split!r}: {len(empty)} judged queries have an empty text in queries.jsonl "
+            f"(e.g. {', '.join(map(repr, empty[:3]))}); give them text or remove their judgements"
+        )
     examples = []
     for query_id, judgements in qrels.items():
         positives = tuple(doc for doc, grade in judgements.items() if grade >= 1 and doc in doc_ids)
-        if query_id in query_ids and positives:
+        if query_id in queries and positives:
             examples.append(Example(query_id, positives))
     if not examples:
         raise SbmoeError(

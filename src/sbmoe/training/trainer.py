@@ -304,13 +304,13 @@ def _collection_data(
 ) -> CollectionData:
     """One collection's examples and validation (its dev split if any, else held-out training queries),
     hard negatives and validation documents."""
-    query_ids, doc_ids = set(dataset.queries), set(dataset.corpus.ids)
-    examples = training_examples(dataset.qrels(config.train_split), query_ids, doc_ids, config.train_split)
+    queries, doc_ids = dataset.queries, set(dataset.corpus.ids)
+    examples = training_examples(dataset.qrels(config.train_split), queries, doc_ids, config.train_split)
     validation_split = config.validation_split
     if validation_split is None and "dev" in dataset.splits() and config.train_split != "dev":
         validation_split = "dev"
     if validation_split is not None:
-        validation = training_examples(dataset.qrels(validation_split), query_ids, doc_ids, validation_split)
+        validation = training_examples(dataset.qrels(validation_split), queries, doc_ids, validation_split)
         validation_qrels = dataset.qrels(validation_split)
         train_examples = examples
     else:
