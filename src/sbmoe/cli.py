@@ -394,8 +394,8 @@ def _run_quickstart(args: argparse.Namespace) -> int:
 
 
 def _add_data(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("data", help="list and validate BEIR collections")
-    actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate}")
+    parser = commands.add_parser("data", help="list, validate and download BEIR collections")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate,download}")
     listing = actions.add_parser("list", help="collections found under --data-dir / $SBMOE_DATA")
     _add_common(listing)
     listing.set_defaults(handler=_run_data_list)
@@ -404,6 +404,33 @@ def _add_data(commands: argparse._SubParsersAction) -> None:
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     _add_common(validate)
     validate.set_defaults(handler=_run_data_validate)
+    download = actions.add_parser(
+        "download",
+        help="fetch a public BEIR collection into --data-dir (checksum checked, validated, atomic)",
+    )
+    download.add_argument("dataset", nargs="?", help="collection name (see --list)")
+    download.add_argument("--list", action="store_true", help="name the collections that can be downloaded")
+    _add_common(download)
+    download.set_defaults(handler=_run_data_download)
+
+
+def _run_data_download(args: argparse.Namespace) -> int:
+    import os
+
+    from sbmoe.data.download import download_collection, known_collections
+
+    if args.list:
+        for name, url in known_collections().items():
+            print(f"{name:<20} {url}")
+        return 0
+    if not args.dataset:
+        raise SbmoeError("name a collection to download (sbmoe data download --list names them)")
+    data_dir = args.data_dir or os.environ.get("SBMOE_DATA")
+    if not data_dir:
+        raise SbmoeError("where to put it: give --data-dir or set SBMOE_DATA")
+    folder = download_collection(args.dataset, data_dir, progress=not args.no_progress)
+    print(f"{args.dataset}: downloaded and validated in {folder}")
+    return 0
 
 
 def _run_data_list(args: argparse.Namespace) -> int:
