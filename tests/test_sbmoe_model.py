@@ -128,3 +128,46 @@ def test_cli_bad_mode_exits_2(tiny_encoder, tiny_beir, tmp_path, capsys):
     assert "K must be an integer from 1 to num_experts=2" in capsys.readouterr().err
     assert main([*base, "--model", str(tiny_encoder), "--mode", "all"]) == 2
     assert "has no MoE block" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("normalize, similarity", [(False, "dot"), (True, "cosine")])
+def test_export_declares_the_similarity_sbmoe_scores_with(tiny_encoder, tmp_path, normalize, similarity):
+    from sentence_transformers import SentenceTransformer
+
+    from sbmoe.integrations.sentence_transformers import export_sentence_transformers
+
+    model, tokenizer = build_model(tiny_encoder, num_experts=3, encoder_settings={"normalize": normalize})
+    export_sentence_transformers(model, tokenizer, tmp_path / "st")
+    st_model = SentenceTransformer(str(tmp_path / "st"), trust_remote_code=True, device="cpu")
+    assert st_model.similarity_fn_name == similarity
+    queries, documents = embed(model, tokenizer, "top1")[0][:2], embed(model, tokenizer, "top1")[0][2:]
+    ours = queries @ documents.T  # sbmoe ranks by dot product
+    theirs = st_model.similarity(queries, documents).numpy()
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+
+
+def test_export_keeps_query_and_document_max_lengths_apart(tiny_encoder, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    from sbmoe.integrations.sentence_transformers import export_sentence_transformers
+
+    lengths = {"query_max_length": 6, "document_max_length": 20}
+    model, tokenizer = build_model(tiny_encoder, num_experts=3, encoder_settings=lengths)
+    export_sentence_transformers(model, tokenizer, tmp_path / "st")
+    st_model = SentenceTransformer(str(tmp_path / "st"), trust_remote_code=True, device="cpu")
+    long_texts = [" ".join([text] * 6) for text in TEXTS]
+    for kind, encode in (("query", st_model.encode_query), ("document", st_model.encode_document)):
+        pooled = encode_pooled(model, tokenizer, long_texts, kind, progress=False)
+        ours, _ = apply_head(model, pooled, "top1")
+        np.testing.assert_allclose(encode(long_texts, convert_to_numpy=True), ours, atol=1e-5)
+    queries = encode_pooled(model, tokenizer, long_texts, "query", progress=False)
+    documents = encode_pooled(model, tokenizer, long_texts, "document", progress=False)
+    assert np.abs(queries - documents).max() > 1e-3  # the two limits do truncate differently
+
+
+def test_the_exported_model_card_loads_with_remote_code(sbmoe_model, tmp_path):
+    from sbmoe.integrations.sentence_transformers import export_sentence_transformers
+
+    export_sentence_transformers(*sbmoe_model, tmp_path / "st")
+    card = (tmp_path / "st" / "README.md").read_text()
+    assert 'SentenceTransformer("sentence_transformers_model_id", trust_remote_code=True)' in card

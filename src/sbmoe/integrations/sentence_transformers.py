@@ -10,6 +10,7 @@ folder that needs neither.
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -92,14 +93,17 @@ def export_sentence_transformers(
 ) -> Path:
     """Write `model` as a sentence-transformers folder at `output` (which must not exist or be empty).
 
-    mode: the routing the exported model uses (default: the model's default_mode).
+    mode: the routing the exported model uses (default: the model's default_mode). The folder declares the
+    similarity sbmoe scores with (dot product; "cosine" when the model normalises), and a model whose query
+    and document max lengths differ gets a Router with one route per side, for `encode_query` and
+    `encode_document` (plain `encode` takes the document route).
     """
     from sentence_transformers import SentenceTransformer
 
     try:
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Router, Transformer
     except ImportError:
-        from sentence_transformers.models import Normalize, Pooling, Transformer
+        from sentence_transformers.models import Normalize, Pooling, Router, Transformer
 
     output = check_new_folder(output)
     if model.moe is None and mode is not None:
@@ -110,25 +114,40 @@ def export_sentence_transformers(
         except ValueError as error:
             raise SbmoeError(str(error)) from error
     config = model.config
-    if config.query_max_length != config.document_max_length:
-        logger.warning(
-            "sentence-transformers has one max length: using document_max_length=%d for queries too (was %d)",
-            config.document_max_length,
-            config.query_max_length,
-        )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".sbmoe-encoder.", dir=output.parent) as encoder_dir:
         model.encoder.save_pretrained(encoder_dir)
         tokenizer.save_pretrained(encoder_dir)
-        modules: list[torch.nn.Module] = [
-            Transformer(encoder_dir, max_seq_length=config.document_max_length),
-            Pooling(config.hidden_size, pooling_mode=config.pooling),
-        ]
+        if config.query_max_length == config.document_max_length:
+            length = config.document_max_length
+            first: list[torch.nn.Module] = [Transformer(encoder_dir, max_seq_length=length)]
+        else:  # a route per side, each with its own max length (the encoder is stored once per route)
+            first = [
+                Router.for_query_document(
+                    query_modules=[Transformer(encoder_dir, max_seq_length=config.query_max_length)],
+                    document_modules=[Transformer(encoder_dir, max_seq_length=config.document_max_length)],
+                )
+            ]
+        modules = [*first, Pooling(config.hidden_size, pooling_mode=config.pooling)]
         if model.moe is not None:
             modules.append(SBMoEHead.from_model(model, mode))
         if config.normalize:
             modules.append(Normalize())
-        st_model = SentenceTransformer(modules=modules, device="cpu")
+        # sbmoe scores by dot product; with normalised embeddings that is the cosine
+        similarity = "cosine" if config.normalize else "dot"
+        st_model = SentenceTransformer(modules=modules, device="cpu", similarity_fn_name=similarity)
         with staged_folder(output) as staging:
             st_model.save(str(staging))
+            if model.moe is not None:
+                _card_loads_with_remote_code(staging / "README.md")
     return output
+
+
+def _card_loads_with_remote_code(card: Path) -> None:
+    """The model card's usage snippet with `trust_remote_code=True`: the SB-MoE head is a custom module."""
+    if card.is_file():
+        text = re.sub(
+            r'SentenceTransformer\("([^"]*)"\)', r'SentenceTransformer("\1", trust_remote_code=True)',
+            card.read_text(encoding="utf-8"),
+        )  # fmt: skip
+        card.write_text(text, encoding="utf-8")
