@@ -171,3 +171,41 @@ def test_the_exported_model_card_loads_with_remote_code(sbmoe_model, tmp_path):
     export_sentence_transformers(*sbmoe_model, tmp_path / "st")
     card = (tmp_path / "st" / "README.md").read_text()
     assert 'SentenceTransformer("sentence_transformers_model_id", trust_remote_code=True)' in card
+
+
+def test_a_saved_folder_loads_with_transformers_where_sbmoe_is_absent(sbmoe_model, tmp_path):
+    """auto_map and the modeling code travel with the folder: AutoModel(trust_remote_code=True) in a Python
+    where `import sbmoe` fails gives sbmoe's embeddings and routing."""
+    import subprocess
+    import sys
+
+    model, tokenizer = sbmoe_model
+    save_model(model, tokenizer, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "config.SBMoEConfig",
+        "AutoModel": "model.SBMoEModel",
+    }
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    expected = model(batch["input_ids"], batch["attention_mask"], mode="top1")
+    np.save(tmp_path / "expected.npy", expected.embeddings.detach().numpy())
+    script = f"""
+import sys
+sys.modules["sbmoe"] = None  # import sbmoe fails
+import numpy as np, torch
+from transformers import AutoModel, AutoTokenizer
+folder = {str(tmp_path / "m")!r}
+model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+batch = tokenizer({TEXTS!r}, padding=True, return_tensors="pt")
+with torch.no_grad():
+    out = model(batch["input_ids"], batch["attention_mask"], mode="top1")
+assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+difference = np.abs(out.embeddings.numpy() - np.load({str(tmp_path / "expected.npy")!r})).max()
+print("max difference", difference)
+assert difference <= 1e-6
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "max difference" in result.stdout

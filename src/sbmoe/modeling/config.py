@@ -7,8 +7,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
-from sbmoe.modeling.pooling import POOLING_METHODS
-from sbmoe.modeling.settings import BLOCK_FIELDS, BlockSettings, block_settings_of
+from .pooling import POOLING_METHODS
+from .settings import BLOCK_FIELDS, BlockSettings, block_settings_of
 
 
 class SBMoEConfig(PretrainedConfig):

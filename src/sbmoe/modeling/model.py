@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput
 
-from sbmoe.modeling.config import SBMoEConfig
-from sbmoe.modeling.moe import SBMoEBlock, routing_keys
-from sbmoe.modeling.pooling import pool
+from .config import SBMoEConfig
+from .moe import SBMoEBlock, routing_keys
+from .pooling import pool
 
 
 @dataclass
@@ -114,3 +114,9 @@ class SBMoEModel(PreTrainedModel):
         pooled = self.pool(input_ids, attention_mask, token_type_ids)
         keys = routing_keys(input_ids, attention_mask) if self.moe is not None else None
         return self.head(pooled, mode, keys, noise)
+
+
+# Folders written by save_pretrained carry this code (model.py and the files it imports) and an auto_map,
+# so that `AutoModel.from_pretrained(folder, trust_remote_code=True)` works where sbmoe is not installed.
+SBMoEConfig.register_for_auto_class()
+SBMoEModel.register_for_auto_class("AutoModel")

@@ -67,7 +67,7 @@ import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from sbmoe.modeling.settings import BlockSettings
+    from .settings import BlockSettings
 
 VARIANTS = ("faithful", "learned")
 ROUTERS = ("softmax", "sigmoid", "cluster")

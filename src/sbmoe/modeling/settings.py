@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from sbmoe.modeling.moe import ACTIVATIONS, ROUTERS, ROUTING_NOISE, TOP1_WEIGHTS, VARIANTS, parse_mode
+from .moe import ACTIVATIONS, ROUTERS, ROUTING_NOISE, TOP1_WEIGHTS, VARIANTS, parse_mode
 
 
 def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None, null: str | None = None) -> Any:
