@@ -161,15 +161,23 @@ def build_model(
     return model, tokenizer
 
 
-def save_model(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+def save_model(
+    model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path, *, replace: bool = False
+) -> Path:
     """Save model and tokenizer as a Hugging Face folder, atomically: written beside, then renamed.
 
-    Refuses to replace a folder that exists and is not empty.
+    Refuses to replace a folder that exists and is not empty, unless `replace`.
     """
-    with staged_folder(folder) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    with staged_folder(folder, replace=replace) as staging:
+        write_model_files(model, tokenizer, staging)
     return Path(folder)
+
+
+def write_model_files(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """config.json, model.safetensors and the tokenizer's files, into `folder` as it is: atomic only when
+    `folder` is staged (`sbmoe.io.staged_folder`, `staged_files`)."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _from_encoder(

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import statistics
 import time
@@ -38,10 +37,10 @@ from transformers import PreTrainedTokenizerBase, get_scheduler
 from sbmoe.data import BeirDataset, load_dataset
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import evaluate_run
-from sbmoe.io import atomic_write_text, provenance, staged_folder, write_json
+from sbmoe.io import atomic_write_text, provenance, staged_files, staged_folder, write_json
 from sbmoe.modeling import SBMoEModel, build_model, load_model
 from sbmoe.modeling.block_init import init_prototypes, upcycle
-from sbmoe.modeling.loading import is_sbmoe_folder
+from sbmoe.modeling.loading import is_sbmoe_folder, save_model, write_model_files
 from sbmoe.modeling.moe import noise_weight as routing_noise_weight
 from sbmoe.modeling.precision import encoder_autocast, resolve_dtype
 from sbmoe.retrieval.encode import (
@@ -140,6 +139,8 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     info = init_distributed()
     output = Path(config.output_dir)
     checkpoint = _check_output(output, config, resume)
+    if resume and info.is_main:
+        _remove_staging_leftovers(output)
 
     data = _training_data(config, info)
     torch.manual_seed(config.seed)
@@ -258,6 +259,14 @@ def _check_output(output: Path, config: TrainingConfig, resume: bool) -> Path | 
         )
     checkpoints = sorted((output / "checkpoints").glob("step-*"))
     return checkpoints[-1] if checkpoints else None
+
+
+def _remove_staging_leftovers(output: Path) -> None:
+    """Temporary folders of staged writes a killed run left behind (best/, checkpoints, the final model):
+    only this run writes in `output`, so none of them is in use."""
+    for pattern in (".best.*", ".incoming.*", "checkpoints/.step-*"):
+        for path in output.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _training_data(config: TrainingConfig, info: DistributedInfo) -> TrainingData:
@@ -587,7 +596,7 @@ def _end_of_epoch(model, tokenizer, data, config, state, output, info, device, l
         if improved:
             state.best_metric, state.best_epoch = metric, state.epoch
             if config.selection == "best":
-                _replace_folder(output / "best", lambda staging: _save_model(model, tokenizer, staging))
+                save_model(model, tokenizer, output / "best", replace=True)
     improved, metric = broadcast_values([improved, metric], info)
     state.history.append({"epoch": state.epoch, VALIDATION_METRIC: metric})
     if improved:
@@ -673,32 +682,13 @@ def _validation_documents(all_ids: list[str], validation: list[Example], config:
     return sorted(positives | set(sample))
 
 
-def _save_model(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: Path) -> None:
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-
-
-def _replace_folder(folder: Path, write) -> None:
-    """Write a new version of `folder` beside it, then swap it in."""
-    retired = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(retired, ignore_errors=True)
-    staging = folder.with_name(f".{folder.name}.new")
-    shutil.rmtree(staging, ignore_errors=True)
-    with staged_folder(staging) as tmp:
-        write(tmp)
-    if folder.exists():
-        os.replace(folder, retired)
-    os.replace(staging, folder)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def _save_checkpoint(output, model, tokenizer, optimizer, scheduler, noise_generator, state, info) -> None:
     """The checkpoint of `state.global_step`; older checkpoints are removed once it is complete."""
     if info.is_main:
         folder = output / "checkpoints" / f"step-{state.global_step:07d}"
         if not folder.exists():
             with staged_folder(folder) as staging:
-                _save_model(model, tokenizer, staging)
+                write_model_files(model, tokenizer, staging)
                 torch.save(optimizer.state_dict(), staging / "optimizer.pt")
                 (staging / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
                 save_file(
@@ -734,19 +724,14 @@ def _finish(model, tokenizer, config, state, output, info) -> dict[str, Any]:
         "history": state.history,
     }
     if info.is_main:
-        source = output / "best"
-        if config.selection == "best" and source.is_dir():
-            files = sorted(p for p in source.iterdir() if p.is_file())
-            for path in files:  # weights before config, each replaced in one step
-                shutil.copy2(path, output / f".{path.name}.tmp")
-            for path in sorted(files, key=lambda p: p.name == "config.json"):
-                os.replace(output / f".{path.name}.tmp", output / path.name)
-        else:
-            with staged_folder(output / ".final") as staging:
-                _save_model(model, tokenizer, staging)
-            for path in sorted((output / ".final").iterdir(), key=lambda p: p.name == "config.json"):
-                os.replace(path, output / path.name)
-            shutil.rmtree(output / ".final", ignore_errors=True)
+        best = output / "best"
+        with staged_files(output, last="config.json") as staging:  # weights before config, each in one step
+            if config.selection == "best" and best.is_dir():
+                for path in best.iterdir():
+                    if path.is_file():
+                        shutil.copy2(path, staging / path.name)
+            else:
+                write_model_files(model, tokenizer, staging)
         write_json(output / "training_summary.json", summary)
     barrier(info)
     return summary
