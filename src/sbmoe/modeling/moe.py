@@ -208,10 +208,14 @@ class SBMoEBlock(nn.Module):
             self.register_buffer("null_cutoff", torch.tensor(float("nan")))
 
     @property
+    def has_null_expert(self) -> bool:
+        """Whether texts whose routing score is below a threshold pass through unchanged (as expert N)."""
+        return self.settings.null_threshold is not None or self.settings.null_quantile is not None
+
+    @property
     def num_choices(self) -> int:
         """Values `selected_experts` can take: the N experts, plus N for the null expert if there is one."""
-        has_null = self.settings.null_threshold is not None or self.settings.null_quantile is not None
-        return self.num_experts + int(has_null)
+        return self.num_experts + int(self.has_null_expert)
 
     @property
     def supported_modes(self) -> tuple[str, ...]:

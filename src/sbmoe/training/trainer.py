@@ -43,6 +43,7 @@ from sbmoe.modeling.block_init import init_prototypes, upcycle
 from sbmoe.modeling.loading import is_sbmoe_folder, save_model, write_model_files
 from sbmoe.modeling.moe import noise_weight as routing_noise_weight
 from sbmoe.modeling.precision import encoder_autocast, resolve_dtype
+from sbmoe.modeling.routing_stats import entropy_terms, expert_counts
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
     apply_head,
@@ -565,19 +566,19 @@ def _local_aux_loss(*outputs) -> torch.Tensor | None:
 
 
 def _routing_stats(model: SBMoEModel, outputs, info: DistributedInfo) -> dict[str, torch.Tensor]:
-    """Texts per top expert (a last bin for the null expert, if any) and the summed routing entropy, over
-    all processes."""
+    """Texts per top expert (a last bin for the null expert, if any) and the mean routing entropy, over all
+    processes (`sbmoe.modeling.routing_stats`)."""
     if model.moe is None:
         return {}
-    n = model.moe.num_choices
+    block, n = model.moe, model.moe.num_choices
     counts = torch.zeros(n)
     entropy = torch.zeros(1)
     for output in outputs:
         if output is None:
             continue
-        counts += torch.bincount(output.selected_experts[:, 0].cpu(), minlength=n).float()
-        probs = model.moe.probabilities(output.router_logits.detach().float()).cpu()
-        entropy += -(probs * probs.clamp(min=1e-12).log()).sum()
+        top = expert_counts(output.selected_experts[:, 0], block.num_experts, block.has_null_expert)
+        counts += torch.tensor(top, dtype=torch.float32)
+        entropy += entropy_terms(block.probabilities(output.router_logits.detach().float()).cpu()).sum()
     total = all_reduce_sum(torch.cat([counts, entropy]), info)
     return {"counts": total[:n], "entropy": total[n] / total[:n].sum().clamp(min=1)}
 
