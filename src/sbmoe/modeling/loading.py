@@ -135,12 +135,15 @@ def build_model(
     *,
     use_moe: bool = True,
     seed: int = 0,
+    generator: torch.Generator | None = None,
     trust_remote_code: bool = False,
     encoder_settings: dict[str, Any] | None = None,
     **block_settings: Any,
 ) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
-    """A new retriever on a pretrained base encoder: the MoE block (if any) freshly initialised from `seed`.
+    """A new retriever on a pretrained base encoder: the MoE block (if any) freshly initialised.
 
+    The block's initial weights are drawn from `generator`, by default a new one seeded with `seed`; the
+    global generator is left alone (transformers draws from it only for weights a base lacks).
     encoder_settings: pooling / normalize / query_max_length / document_max_length overrides (None keeps
     the base's own). block_settings: fields of `BlockSettings` (num_experts, variant, ...); the others keep
     their defaults. Raises ValueError naming an unknown or bad field.
@@ -155,8 +158,10 @@ def build_model(
         for key in ("pooling", "normalize", "query_max_length", "document_max_length")
     }
     config = SBMoEConfig(encoder=base_model.encoder.config, use_moe=use_moe, **config_dict, **block_settings)
-    torch.manual_seed(seed)  # the block's initialisation, as nn.Linear's defaults draw it
-    model = SBMoEModel(config, encoder=base_model.encoder)
+    with torch.random.fork_rng(devices=[]):  # the constructor's draws from the global generator: discarded
+        model = SBMoEModel(config, encoder=base_model.encoder)
+    if model.moe is not None:
+        model.moe.reset_parameters(generator or torch.Generator().manual_seed(seed))
     model.eval()
     return model, tokenizer
 

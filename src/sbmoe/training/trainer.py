@@ -144,15 +144,7 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         _remove_staging_leftovers(output)
 
     data = _training_data(config, info)
-    torch.manual_seed(config.seed)
-    model, tokenizer = build_model(
-        config.base,
-        use_moe=config.uses_moe,
-        seed=config.seed,
-        trust_remote_code=config.trust_remote_code,
-        encoder_settings=config.encoder_settings(),
-        **(config.model_settings() if config.uses_moe else {}),
-    )
+    model, tokenizer = _seeded_model(config)
     _upcycle(model, config)
     device = default_device() if not torch.cuda.is_available() else torch.device("cuda", info.local_rank)
     model.to(device)
@@ -392,6 +384,29 @@ def _pool_everything(
             torch.from_numpy(np.asarray(vectors)),
         )
     return pooled
+
+
+def _seeded_model(config: TrainingConfig) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
+    """The model to train, with the run's one seeding: every draw below comes from `config.seed`.
+
+    The global generator serves what cannot take a generator: weights transformers draws for a base that
+    lacks them, then dropout. The block's initial weights come from a generator of their own, and the global
+    generator then continues where that one stopped: the dropout stream runs have always had (the block was
+    drawn from the global generator), so a seed gives the same run as before. The routing noise, upcycling
+    and the validation sample take their own generators, seeded from `config.seed` where they are made.
+    """
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model, tokenizer = build_model(
+        config.base,
+        use_moe=config.uses_moe,
+        generator=generator,
+        trust_remote_code=config.trust_remote_code,
+        encoder_settings=config.encoder_settings(),
+        **(config.model_settings() if config.uses_moe else {}),
+    )
+    torch.set_rng_state(generator.get_state())
+    return model, tokenizer
 
 
 def _upcycle(model: SBMoEModel, config: TrainingConfig) -> None:
