@@ -59,6 +59,17 @@ def test_entropy_of_uniform_is_log_e_and_of_one_hot_is_zero():
     assert normalized_routing_entropy(np.ones((2, 1))) == 0.0  # one expert: no choice
 
 
+def test_training_and_analysis_share_one_definition_of_the_statistics():
+    import torch
+
+    from sbmoe.modeling.routing_stats import entropy_terms
+
+    mixed = np.array([[0.25, 0.25, 0.25, 0.25], [1.0, 0.0, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]])
+    summed = entropy_terms(torch.tensor(mixed, dtype=torch.float32)).sum()  # as the training log sums
+    assert float(summed) / 3 == pytest.approx(routing_entropy(mixed), rel=1e-6)
+    assert expert_counts(torch.tensor([0, 2, 2, 1]), 2, null_expert=True) == [1, 1, 2]  # tensors too
+
+
 def test_shared_expert_rate_on_a_hand_example():
     query_experts = {"q1": 0, "q2": 1, "q3": 0}
     doc_experts = {"d1": 0, "d2": 0, "d3": 1, "d4": 2}

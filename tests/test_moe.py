@@ -34,6 +34,24 @@ def dense_reference(block: SBMoEBlock, x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"variant": "learned", "shared_expert": True},
+        {"variant": "learned", "router": "sigmoid", "routing_noise": "none"},
+    ],
+)
+def test_initial_weights_from_a_generator_are_those_of_the_seeded_constructor(settings):
+    constructed = make_block(seed=3, **settings).state_dict()
+    block = SBMoEBlock(H, BlockSettings(num_experts=N, **{"variant": "faithful", **settings}))
+    state = torch.get_rng_state()
+    block.reset_parameters(torch.Generator().manual_seed(3))
+    assert torch.equal(state, torch.get_rng_state())  # the global generator is not used
+    for name, value in block.state_dict().items():
+        assert torch.equal(value, constructed[name]), name
+
+
+@pytest.mark.parametrize(
     ("hidden", "experts", "expected"),
     [(312, 6, 638_520), (512, 6, 1_713_420), (768, 12, 7_400_856)],  # TinyBERT, BERT-Small, BERT-Base
 )

@@ -21,7 +21,7 @@ from sbmoe.experiments.report import build_report
 from sbmoe.experiments.runner import run_experiment
 from sbmoe.modeling import load_model
 from sbmoe.training.config import TrainingConfig
-from sbmoe.training.data import Batch, collection_names, interleave
+from sbmoe.training.data import Batch, collection_names, interleave, load_training_data, training_batches
 from sbmoe.training.distributed import DistributedInfo
 
 
@@ -58,8 +58,8 @@ def config_for(base, root, output, dataset="alpha+beta", **overrides) -> Trainin
 
 
 def epoch(config: TrainingConfig, number: int, world_size: int = 1) -> list[Batch]:
-    data = trainer._training_data(config, DistributedInfo())
-    return trainer._batches(config, data, number, world_size)
+    data = load_training_data(config, DistributedInfo())
+    return training_batches(config, data, number, world_size)
 
 
 def collection_of(batch: Batch) -> str:

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoModel
 
 from sbmoe.cli import main
@@ -35,6 +36,18 @@ def test_build_model_keeps_the_base_encoder_weights(tiny_encoder, sbmoe_model):
     ):
         assert np.array_equal(ours.numpy(), theirs.numpy()), name
     assert model.config.use_moe and model.config.num_experts == 3 and model.config.variant == "learned"
+
+
+def test_build_model_draws_the_block_from_its_seed_only(tiny_encoder, sbmoe_model):
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    again, _ = build_model(tiny_encoder, num_experts=3, variant="learned", seed=1)
+    assert torch.equal(state, torch.get_rng_state())  # the global generator is left alone
+    model, _ = sbmoe_model
+    for name, value in model.moe.state_dict().items():
+        assert torch.equal(value, again.moe.state_dict()[name]), name
+    other, _ = build_model(tiny_encoder, num_experts=3, variant="learned", seed=2)
+    assert not torch.equal(other.moe.gate[0].weight, model.moe.gate[0].weight)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -147,7 +147,7 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
         qrels,
         query_experts=query_experts,
         doc_experts=doc_experts,
-        null_expert=model.moe.num_choices > num_experts,
+        null_expert=model.moe.has_null_expert,
     )
     header = {
         "dataset": dataset.name,

@@ -8,8 +8,6 @@ then a rename.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sbmoe.analysis.routing import ACTIVE_SHARE, expert_shares
+from sbmoe.io import atomic_open
 
 logger = logging.getLogger(__name__)
 
@@ -33,17 +32,10 @@ DOCUMENT_COLOR = "#ff7f0e"
 def _save(fig: Figure, path: str | Path) -> Path:
     """Write `fig` as a PNG to `path` through a temporary file and a rename; release the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attach the Agg canvas
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with atomic_open(path, "wb") as handle:
             fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a figure is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         fig.clear()
     logger.info("Wrote %s", path)

@@ -6,17 +6,24 @@ came from an input the gate never routes; see SBMOE.md, flaw 5.)
 
 E = number of experts. A block with a null expert (texts it passes through unchanged) reports those texts
 as expert E: with `null_expert=True` counts and shares get a last bin for it, and activated experts count
-the E real ones only. Inputs are numpy arrays; outputs are plain Python values, ready for JSON.
+the E real ones only. Inputs are numpy arrays; outputs are plain Python values, ready for JSON. Counts and
+entropies are those of `sbmoe.modeling.routing_stats`, shared with training and evaluation.
 """
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from sbmoe.modeling.routing_stats import (
+    count_shares,
+    expert_counts,
+    normalized_routing_entropy,
+    routing_entropy,
+)
 
 if TYPE_CHECKING:
     from sbmoe.modeling.model import SBMoEModel
@@ -52,18 +59,6 @@ def router_probabilities(model: SBMoEModel, pooled: np.ndarray, batch_size: int 
     return out
 
 
-def expert_counts(experts: np.ndarray, num_experts: int, null_expert: bool = False) -> list[int]:
-    """How many texts have expert i as their top-1 choice, for i in 0..E-1 (and E, the null expert, when
-    `null_expert`). experts: [N] ints in [0, E) (or [0, E])."""
-    experts = np.asarray(experts, dtype=np.int64).reshape(-1)
-    if num_experts < 1:
-        raise ValueError(f"num_experts must be at least 1, got {num_experts}")
-    bins = num_experts + int(null_expert)
-    if experts.size and (experts.min() < 0 or experts.max() >= bins):
-        raise ValueError(f"expert indices must lie in [0, {bins}), got {experts.min()}..{experts.max()}")
-    return np.bincount(experts, minlength=bins).tolist()
-
-
 def expert_shares(experts: np.ndarray, num_experts: int, null_expert: bool = False) -> list[float]:
     """Share of texts whose top-1 expert is i, for i in 0..E-1 (and the null expert last when
     `null_expert`); sums to 1, all zeros when N = 0.
@@ -71,38 +66,6 @@ def expert_shares(experts: np.ndarray, num_experts: int, null_expert: bool = Fal
     experts: [N] top-1 expert per text; each text counted once.
     """
     return count_shares(expert_counts(experts, num_experts, null_expert))
-
-
-def count_shares(counts: Sequence[int]) -> list[float]:
-    """Each bin's share of sum(counts); all zeros when the sum is 0."""
-    total = sum(counts)
-    return [count / total if total else 0.0 for count in counts]
-
-
-def routing_entropy(probabilities: np.ndarray) -> float:
-    """Mean over texts of the routing entropy -sum_i p_i log p_i, in nats (0 log 0 = 0).
-
-    probabilities: [N, E] routing distributions (rows sum to 1). 0 for one-hot rows, log E for uniform ones;
-    0.0 when N = 0.
-    """
-    p = np.asarray(probabilities, dtype=np.float64)
-    if p.ndim != 2:
-        raise ValueError(f"probabilities must be [N, E], got shape {p.shape}")
-    if p.shape[0] == 0:
-        return 0.0
-    terms = np.where(p > 0, -p * np.log(np.where(p > 0, p, 1.0)), 0.0)  # [N, E]
-    return float(terms.sum(axis=1).mean())
-
-
-def normalized_routing_entropy(probabilities: np.ndarray) -> float:
-    """`routing_entropy` divided by log E: 0 = every text sure of one expert, 1 = every text uniform.
-
-    probabilities: [N, E]. 0.0 when E = 1 (a single expert leaves no choice).
-    """
-    num_experts = np.asarray(probabilities).shape[-1]
-    if num_experts < 2:
-        return 0.0
-    return routing_entropy(probabilities) / math.log(num_experts)
 
 
 def usage_statistics(counts: Sequence[int], num_experts: int) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.precision import DTYPES, dtype_name, resolve_dtype
+from sbmoe.modeling.routing_stats import expert_counts
 from sbmoe.retrieval.ann import INDEX_TYPES, ann_search, ann_settings, build_ann_index, recall_against_exact
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
@@ -267,10 +268,10 @@ def _expert_counts(
     expert when the block has one)."""
     if query_experts is None or doc_experts is None:
         return None
-    n = model.moe.num_choices
+    block = model.moe
     return {
-        "queries": np.bincount(query_experts, minlength=n).tolist(),
-        "documents": np.bincount(doc_experts, minlength=n).tolist(),
+        "queries": expert_counts(query_experts, block.num_experts, block.has_null_expert),
+        "documents": expert_counts(doc_experts, block.num_experts, block.has_null_expert),
     }
 
 

@@ -177,12 +177,15 @@ def build_model(
     *,
     use_moe: bool = True,
     seed: int = 0,
+    generator: torch.Generator | None = None,
     trust_remote_code: bool = False,
     encoder_settings: dict[str, Any] | None = None,
     **block_settings: Any,
 ) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
-    """A new retriever on a pretrained base encoder: the MoE block (if any) freshly initialised from `seed`.
+    """A new retriever on a pretrained base encoder: the MoE block (if any) freshly initialised.
 
+    The block's initial weights are drawn from `generator`, by default a new one seeded with `seed`; the
+    global generator is left alone (transformers draws from it only for weights a base lacks).
     encoder_settings: pooling / normalize / query_max_length / document_max_length overrides (None keeps
     the base's own). block_settings: fields of `BlockSettings` (num_experts, variant, ...); the others keep
     their defaults. Raises ValueError naming an unknown or bad field.
@@ -197,21 +200,31 @@ def build_model(
         for key in ("pooling", "normalize", "query_max_length", "document_max_length")
     }
     config = SBMoEConfig(encoder=base_model.encoder.config, use_moe=use_moe, **config_dict, **block_settings)
-    torch.manual_seed(seed)  # the block's initialisation, as nn.Linear's defaults draw it
-    model = SBMoEModel(config, encoder=base_model.encoder)
+    with torch.random.fork_rng(devices=[]):  # the constructor's draws from the global generator: discarded
+        model = SBMoEModel(config, encoder=base_model.encoder)
+    if model.moe is not None:
+        model.moe.reset_parameters(generator or torch.Generator().manual_seed(seed))
     model.eval()
     return model, tokenizer
 
 
-def save_model(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+def save_model(
+    model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path, *, replace: bool = False
+) -> Path:
     """Save model and tokenizer as a Hugging Face folder, atomically: written beside, then renamed.
 
-    Refuses to replace a folder that exists and is not empty.
+    Refuses to replace a folder that exists and is not empty, unless `replace`.
     """
-    with staged_folder(folder) as staging:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
+    with staged_folder(folder, replace=replace) as staging:
+        write_model_files(model, tokenizer, staging)
     return Path(folder)
+
+
+def write_model_files(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
+    """config.json, model.safetensors and the tokenizer's files, into `folder` as it is: atomic only when
+    `folder` is staged (`sbmoe.io.staged_folder`, `staged_files`)."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
 
 def _from_encoder(

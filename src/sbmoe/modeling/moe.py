@@ -207,11 +207,27 @@ class SBMoEBlock(nn.Module):
         if settings.null_quantile is not None:  # tau, set by init_prototypes from the training vectors
             self.register_buffer("null_cutoff", torch.tensor(float("nan")))
 
+    def reset_parameters(self, generator: torch.Generator | None = None) -> None:
+        """Draw the initial weights as the constructor does (nn.Linear's defaults: kaiming-uniform weights,
+        uniform biases), layer by layer in construction order (experts, gate, noise network, shared expert),
+        from `generator` (default: the global one). A generator seeded with s gives exactly the weights the
+        constructor draws after torch.manual_seed(s). Prototypes and the null cutoff are data-dependent:
+        `sbmoe.modeling.block_init` sets them."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.kaiming_uniform_(module.weight, a=math.sqrt(5), generator=generator)
+                bound = 1 / math.sqrt(module.in_features)
+                nn.init.uniform_(module.bias, -bound, bound, generator=generator)
+
+    @property
+    def has_null_expert(self) -> bool:
+        """Whether texts whose routing score is below a threshold pass through unchanged (as expert N)."""
+        return self.settings.null_threshold is not None or self.settings.null_quantile is not None
+
     @property
     def num_choices(self) -> int:
         """Values `selected_experts` can take: the N experts, plus N for the null expert if there is one."""
-        has_null = self.settings.null_threshold is not None or self.settings.null_quantile is not None
-        return self.num_experts + int(has_null)
+        return self.num_experts + int(self.has_null_expert)
 
     @property
     def supported_modes(self) -> tuple[str, ...]:

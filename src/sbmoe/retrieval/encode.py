@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
+from sbmoe.io import staged_folder
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.moe import routing_keys
 from sbmoe.modeling.precision import dtype_name, encoder_autocast
@@ -244,21 +243,13 @@ class EmbeddingCache:
         return array
 
     def save(self, key: str, ids: Sequence[str], array: np.ndarray, meta: dict) -> Path:
-        """Write atomically: a temporary folder renamed into place, so a crash leaves no half entry."""
-        folder = self.folder(key)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=folder.parent))
-        try:
+        """Write atomically: a temporary folder renamed into place (replacing an older entry), so a crash
+        leaves no half entry."""
+        with staged_folder(self.folder(key), replace=True) as staging:
             np.save(staging / "embeddings.npy", np.ascontiguousarray(array, dtype=np.float32))
             (staging / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
             (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-            if folder.exists():
-                shutil.rmtree(folder)
-            os.replace(staging, folder)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging, ignore_errors=True)
-        return folder
+        return self.folder(key)
 
 
 def encode_cached(

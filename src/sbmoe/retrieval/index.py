@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sbmoe.data import document_text, iter_documents
 from sbmoe.errors import DataError, SbmoeError
-from sbmoe.io import provenance, write_json
+from sbmoe.io import provenance, staged_files, staged_folder, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.precision import dtype_name
@@ -157,9 +156,7 @@ def encode_shard(
             f"{folder} holds a shard of another encoding (model, mode or corpus); remove it first"
         )
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+    with staged_folder(folder) as staging:
         _encode_rows(
             model,
             tokenizer,
@@ -174,9 +171,6 @@ def encode_shard(
             dtype,
         )
         write_json(staging / SHARD_FILE, info)
-        os.replace(staging, folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     logger.debug("shard %d of %d: %d documents in %s", shard_index, num_shards, len(rows), folder)
     return folder
 
@@ -261,8 +255,7 @@ def merge_shards(
     for folder, info in shards:
         _check_rows(folder, info)
 
-    staging = Path(tempfile.mkdtemp(prefix=".merge.", dir=output_dir))
-    try:
+    with staged_files(output_dir, last=INDEX_FILE) as staging:  # index.json last: it marks a complete index
         if len(shards) == 1 and not keep_shards:  # the one shard is the index: move, do not copy
             for item in shards[0][0].iterdir():
                 if item.name != SHARD_FILE:
@@ -273,12 +266,6 @@ def merge_shards(
         if ann is not None:
             summary.update(_build_ann(staging, index_type, ann))
         write_json(staging / INDEX_FILE, summary)
-        for item in staging.iterdir():  # index.json last: its presence marks a complete index
-            if item.name != INDEX_FILE:
-                os.replace(item, output_dir / item.name)
-        os.replace(staging / INDEX_FILE, output_dir / INDEX_FILE)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     if not keep_shards:
         shutil.rmtree(output_dir / SHARDS_DIR, ignore_errors=True)
     return summary

@@ -7,6 +7,8 @@ Several collections (a dataset named "scifact+nfcorpus-preproc", `collection_nam
 collection's batches are built as for that collection alone, their ids prefixed with the collection's name
 ("scifact/123", `relabel`) so ids of different collections never clash, and the batches of all
 collections are shuffled together (`interleave`): every batch holds the queries of one collection.
+`load_training_data` reads every collection of a run (`CollectionData`: examples, validation queries and
+documents, hard negatives) and `training_batches` gives an epoch's batches of them all.
 """
 
 from __future__ import annotations
@@ -14,15 +16,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 
+from sbmoe.data import BeirDataset, document_text, load_dataset
 from sbmoe.errors import SbmoeError
-from sbmoe.training.negatives import Negatives, sample_negatives
+from sbmoe.training.config import TrainingConfig
+from sbmoe.training.distributed import DistributedInfo
+from sbmoe.training.negatives import Negatives, load_negatives_run, mine_bm25_negatives, sample_negatives
 
 logger = logging.getLogger(__name__)
 
 COLLECTION_SEPARATOR = "+"  # "scifact+nfcorpus-preproc": one model trained on both collections
+DEFAULT_VALIDATION_DOCUMENTS = 1000  # distractors per validation when the encoder trains
 
 
 @dataclass(frozen=True)
@@ -191,3 +199,157 @@ def interleave(batches_of: Sequence[list[Batch]], seed: int, epoch: int) -> list
     # A stream of its own: the collections' generators are seeded by seed * 1_000_003 + epoch.
     generator = torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 2 + 1)
     return [everything[i] for i in torch.randperm(len(everything), generator=generator).tolist()]
+
+
+# ------------------------------------------------------------------------------------ training collections
+
+
+@dataclass
+class CollectionData:
+    """What the loop reads of one training collection, in its own ids: examples, texts, and (frozen
+    encoder) the pooled vectors."""
+
+    name: str
+    prefix: str  # of its ids in batches: "" when it is the only collection, else "<name>/"
+    dataset: BeirDataset
+    train: list[Example]
+    validation: list[Example]
+    validation_qrels: dict[str, dict[str, int]]
+    negatives: Negatives | None
+    doc_rows: dict[str, int]  # corpus id -> row
+    validation_doc_ids: list[str]  # the documents searched at validation (fixed for the whole run)
+    pooled: dict[str, tuple[dict[str, int], torch.Tensor]] | None = None  # kind -> (id -> row, [N, H])
+    # RANDOM-GATE's routing keys of the validation texts, (documents, queries): fixed, so computed once
+    validation_keys: tuple[np.ndarray, np.ndarray] | None = None
+
+    def document_texts(self, ids: list[str]) -> list[str]:
+        """The texts to encode for these documents (`sbmoe.data.document_text`)."""
+        corpus, rows = self.dataset.corpus, self.doc_rows
+        return [document_text(corpus.titles[rows[i]], corpus.texts[rows[i]]) for i in ids]
+
+
+@dataclass
+class TrainingData:
+    """Everything the loop reads: one `CollectionData` per training collection. Batches carry ids prefixed
+    with their collection's name ("scifact/123") when there are several."""
+
+    collections: list[CollectionData]
+
+    def resolve(self, batch: Batch) -> tuple[CollectionData, Batch]:
+        """The collection a batch comes from, and the batch in that collection's own ids."""
+        if len(self.collections) == 1:
+            return self.collections[0], batch
+        name = batch.query_ids[0].partition("/")[0]
+        collection = next(c for c in self.collections if c.name == name)
+        ids = [*batch.query_ids, *batch.doc_ids]
+        if not all(i.startswith(collection.prefix) for i in ids):
+            raise AssertionError(f"a batch mixes collections: {ids}")  # interleave keeps batches whole
+        return collection, relabel(batch, lambda i: i.removeprefix(collection.prefix))
+
+
+def load_training_data(config: TrainingConfig, info: DistributedInfo) -> TrainingData:
+    """Every training collection of `config.dataset`, checked (each exists and has the training split)
+    before any is read further."""
+    names = collection_names(config.dataset)
+    several = len(names) > 1
+    if several and config.hard_negatives not in (None, "bm25"):
+        raise SbmoeError(
+            f"hard_negatives {config.hard_negatives!r}: a run file holds one collection's ids; with several "
+            f"collections ({config.dataset}) use hard_negatives: bm25 (mined per collection)"
+        )
+    if config.batch_size % info.world_size:
+        raise SbmoeError(
+            f"batch_size {config.batch_size} must be divisible by the {info.world_size} processes"
+        )
+    datasets = []
+    for name in names:
+        try:
+            dataset = load_dataset(name, config.data_dir)
+            dataset.qrels(config.train_split)  # a missing split is an error now, not after the others
+        except SbmoeError as error:
+            if not several:
+                raise
+            raise SbmoeError(f"training collection {name!r} of {config.dataset!r}: {error}") from error
+        datasets.append(dataset)
+    # Several: each collection is known by its name as given (a folder's last part), also in the logs.
+    short = [Path(name).name for name in names] if several else [datasets[0].name]
+    if len(set(short)) < len(short):
+        raise SbmoeError(
+            f"dataset {config.dataset!r}: two collections share the name {short}; their ids are told apart "
+            "by it"
+        )
+    return TrainingData(
+        [
+            _collection_data(config, dataset, name, f"{name}/" if several else "", info)
+            for name, dataset in zip(short, datasets, strict=True)
+        ]
+    )
+
+
+def _collection_data(
+    config: TrainingConfig, dataset: BeirDataset, name: str, prefix: str, info: DistributedInfo
+) -> CollectionData:
+    """One collection's examples and validation (its dev split if any, else held-out training queries),
+    hard negatives and validation documents."""
+    queries, doc_ids = dataset.queries, set(dataset.corpus.ids)
+    examples = training_examples(dataset.qrels(config.train_split), queries, doc_ids, config.train_split)
+    validation_split = config.validation_split
+    if validation_split is None and "dev" in dataset.splits() and config.train_split != "dev":
+        validation_split = "dev"
+    if validation_split is not None:
+        validation = training_examples(dataset.qrels(validation_split), queries, doc_ids, validation_split)
+        validation_qrels = dataset.qrels(validation_split)
+        train_examples = examples
+    else:
+        train_examples, validation = hold_out(examples, config.validation_share, config.seed)
+        train_qrels = dataset.qrels(config.train_split)
+        validation_qrels = {e.query_id: train_qrels[e.query_id] for e in validation}
+    if len(train_examples) < config.batch_size:
+        raise SbmoeError(
+            f"batch_size {config.batch_size} is larger than the {len(train_examples)} training queries of "
+            f"{dataset.name}/{config.train_split} (after holding out validation); lower --batch-size"
+        )
+    negatives = None
+    if config.num_hard_negatives and config.hard_negatives:
+        qrels = dataset.qrels(config.train_split)
+        if config.hard_negatives == "bm25":
+            negatives = mine_bm25_negatives(
+                dataset.corpus, dataset.queries, qrels, depth=config.hard_negative_depth,
+                progress=config.progress and info.is_main,
+            )  # fmt: skip
+        else:
+            negatives = load_negatives_run(config.hard_negatives, qrels, depth=config.hard_negative_depth)
+    doc_rows = {doc_id: row for row, doc_id in enumerate(dataset.corpus.ids)}
+    validation_doc_ids = _validation_documents(dataset.corpus.ids, validation, config)
+    return CollectionData(
+        name, prefix, dataset, train_examples, validation, validation_qrels, negatives, doc_rows,
+        validation_doc_ids,
+    )  # fmt: skip
+
+
+def training_batches(config: TrainingConfig, data: TrainingData, epoch: int, world_size: int) -> list[Batch]:
+    """The epoch's batches: each collection's as if it were alone, then (several) interleaved."""
+    hard = config.num_hard_negatives if config.hard_negatives else 0
+    batches_of = []
+    for collection in data.collections:
+        batches = epoch_batches(
+            collection.train, config.batch_size, config.seed, epoch, negatives=collection.negatives,
+            num_negatives=hard, all_doc_ids=collection.dataset.corpus.ids, world_size=world_size,
+        )  # fmt: skip
+        if collection.prefix:  # "alpha/q1", "beta/q1": ids of different collections never clash
+            batches = [relabel(batch, collection.prefix.__add__) for batch in batches]
+        batches_of.append(batches)
+    return interleave(batches_of, config.seed, epoch)
+
+
+def _validation_documents(all_ids: list[str], validation: list[Example], config: TrainingConfig) -> list[str]:
+    """All documents (frozen encoder: they cost nothing), or the validation positives plus a fixed random
+    sample of distractors (the encoder must re-encode them at every validation)."""
+    limit = config.validation_documents
+    if limit is None and config.freeze_encoder:
+        return list(all_ids)
+    limit = DEFAULT_VALIDATION_DOCUMENTS if limit is None else limit
+    positives = {doc for e in validation for doc in e.positives}
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    sample = [all_ids[i] for i in torch.randperm(len(all_ids), generator=generator)[:limit].tolist()]
+    return sorted(positives | set(sample))

@@ -1,0 +1,158 @@
+"""What a training run keeps in its output folder besides the log: checkpoints, best/ and the final model.
+
+    DIR/checkpoints/step-NNNNNNN/   the last checkpoint: model, tokenizer, optimizer.pt, scheduler.json,
+                                    rng.safetensors (routing noise and torch's global generator), state.json
+    DIR/best/                       the best model so far (selection "best")
+    DIR/config.json, model.safetensors, tokenizer files   the selected model, once training ends
+
+Every write is staged (`sbmoe.io`), so a run killed at any moment leaves its last checkpoint loadable, and
+a resumed run (`check_output` checks that it is the same run) restores the optimiser, the scheduler, the
+random generators and the loop's position from it.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.optim.lr_scheduler import LRScheduler
+from transformers import PreTrainedTokenizerBase
+
+from sbmoe.errors import SbmoeError
+from sbmoe.io import staged_files, staged_folder
+from sbmoe.modeling.loading import save_model, write_model_files
+from sbmoe.modeling.model import SBMoEModel
+from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig, upgrade_legacy_settings
+from sbmoe.training.distributed import DistributedInfo, barrier
+
+
+@dataclass
+class TrainerState:
+    """Where training is; saved in every checkpoint."""
+
+    epoch: int = 0  # the epoch in progress (0-based)
+    step_in_epoch: int = 0  # batches of `epoch` already done
+    global_step: int = 0
+    best_metric: float | None = None
+    best_epoch: int | None = None
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Resumable:
+    """Everything a checkpoint restores besides the weights and torch's global generator."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    noise_generator: torch.Generator  # the routing noise of every step
+    state: TrainerState = field(default_factory=TrainerState)
+
+
+def check_output(output: Path, config: TrainingConfig, resume: bool) -> Path | None:
+    """Refuse to overwrite; on resume, check the configuration and return the last checkpoint (or None)."""
+    saved_config = output / "training_config.json"
+    if not resume:
+        if output.exists() and (not output.is_dir() or any(output.iterdir())):
+            raise SbmoeError(
+                f"{output} already exists and is not empty; use --resume to continue it, or another folder"
+            )
+        return None
+    if not saved_config.is_file():
+        if output.exists() and any(output.iterdir()):
+            raise SbmoeError(
+                f"{output} holds no training_config.json: not a training folder, refusing to resume"
+            )
+        return None
+    saved = _comparable(json.loads(saved_config.read_text(encoding="utf-8"))["config"], saved_config)
+    current = config.to_dict()
+    differing = sorted(key for key in FIELD_NAMES - RESUMABLE_FIELDS if saved.get(key) != current.get(key))
+    if differing:
+        details = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in differing)
+        raise SbmoeError(
+            f"{output} was trained with a different configuration ({details}); refusing to resume"
+        )
+    checkpoints = sorted((output / "checkpoints").glob("step-*"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def _comparable(saved: dict[str, Any], where: Path) -> dict[str, Any]:
+    """A saved training config as this version would resolve it: old key names upgraded, fields added
+    since then at their defaults (which reproduce the old behaviour)."""
+    saved = upgrade_legacy_settings(saved, str(where), warn=False)
+    try:
+        return TrainingConfig(**{key: value for key, value in saved.items() if key in FIELD_NAMES}).to_dict()
+    except (TypeError, ValueError):
+        return saved  # compared as written: whatever differs is reported
+
+
+def remove_staging_leftovers(output: Path) -> None:
+    """Temporary folders of staged writes a killed run left behind (best/, checkpoints, the final model):
+    only this run writes in `output`, so none of them is in use."""
+    for pattern in (".best.*", ".incoming.*", "checkpoints/.step-*"):
+        for path in output.glob(pattern):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def save_checkpoint(
+    output: Path,
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    resumable: Resumable,
+    info: DistributedInfo,
+) -> None:
+    """The checkpoint of `resumable.state.global_step` (main process; every process waits for it); older
+    checkpoints are removed once it is complete."""
+    if info.is_main:
+        folder = output / "checkpoints" / f"step-{resumable.state.global_step:07d}"
+        if not folder.exists():
+            with staged_folder(folder) as staging:
+                write_model_files(model, tokenizer, staging)
+                torch.save(resumable.optimizer.state_dict(), staging / "optimizer.pt")
+                (staging / "scheduler.json").write_text(json.dumps(resumable.scheduler.state_dict()))
+                save_file(
+                    {"noise": resumable.noise_generator.get_state(), "torch": torch.get_rng_state()},
+                    staging / "rng.safetensors",
+                )
+                (staging / "state.json").write_text(json.dumps(resumable.state.__dict__, indent=2))
+            for older in sorted((output / "checkpoints").glob("step-*")):
+                if older != folder:
+                    shutil.rmtree(older, ignore_errors=True)
+    barrier(info)
+
+
+def load_checkpoint(folder: Path, model: SBMoEModel, resumable: Resumable) -> None:
+    """Restore the weights, `resumable` (its state replaced) and torch's global generator from `folder`."""
+    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    resumable.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    resumable.scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    rng = load_file(folder / "rng.safetensors")
+    resumable.noise_generator.set_state(rng["noise"])
+    torch.set_rng_state(rng["torch"])
+    resumable.state = TrainerState(**json.loads((folder / "state.json").read_text()))
+
+
+def save_best_model(output: Path, model: SBMoEModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """Replace DIR/best/ with `model`."""
+    save_model(model, tokenizer, output / "best", replace=True)
+
+
+def save_final_model(
+    output: Path, model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, from_best: bool
+) -> None:
+    """Put the selected model at the top of `output`: a copy of best/ (when `from_best` and it exists), else
+    `model`. Weights before config.json, each file replaced in one step."""
+    best = output / "best"
+    with staged_files(output, last="config.json") as staging:
+        if from_best and best.is_dir():
+            for path in best.iterdir():
+                if path.is_file():
+                    shutil.copy2(path, staging / path.name)
+        else:
+            write_model_files(model, tokenizer, staging)
