@@ -19,6 +19,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
 from sbmoe.errors import SbmoeError
 from sbmoe.io import staged_folder
+from sbmoe.modeling.card import model_card
 from sbmoe.modeling.config import SBMoEConfig
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.settings import BLOCK_FIELDS, BlockSettings
@@ -209,22 +210,36 @@ def build_model(
 
 
 def save_model(
-    model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path, *, replace: bool = False
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: str | Path,
+    *,
+    replace: bool = False,
+    card: dict[str, Any] | None = None,
 ) -> Path:
     """Save model and tokenizer as a Hugging Face folder, atomically: written beside, then renamed.
 
-    Refuses to replace a folder that exists and is not empty, unless `replace`.
+    Refuses to replace a folder that exists and is not empty, unless `replace`. card: see `write_model_files`.
     """
     with staged_folder(folder, replace=replace) as staging:
-        write_model_files(model, tokenizer, staging)
+        write_model_files(model, tokenizer, staging, card=card)
     return Path(folder)
 
 
-def write_model_files(model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> None:
-    """config.json, model.safetensors and the tokenizer's files, into `folder` as it is: atomic only when
-    `folder` is staged (`sbmoe.io.staged_folder`, `staged_files`)."""
+def write_model_files(
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    folder: str | Path,
+    *,
+    card: dict[str, Any] | None = None,
+) -> None:
+    """config.json, model.safetensors, the modeling code (see auto_map), the tokenizer's files and the model
+    card README.md into `folder` as it is: atomic only when `folder` is staged (`sbmoe.io.staged_folder`,
+    `staged_files`). card: keyword arguments of `sbmoe.modeling.card.model_card` (base_model, training,
+    evaluation)."""
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    model_card(model.config, **(card or {})).save(Path(folder) / "README.md")
 
 
 def _from_encoder(

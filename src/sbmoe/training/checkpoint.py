@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sbmoe.errors import SbmoeError
 from sbmoe.io import staged_files, staged_folder
+from sbmoe.modeling.card import model_card
 from sbmoe.modeling.loading import save_model, write_model_files
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig, upgrade_legacy_settings
@@ -144,15 +145,21 @@ def save_best_model(output: Path, model: SBMoEModel, tokenizer: PreTrainedTokeni
 
 
 def save_final_model(
-    output: Path, model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, from_best: bool
+    output: Path,
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    from_best: bool,
+    card: dict[str, Any] | None = None,
 ) -> None:
     """Put the selected model at the top of `output`: a copy of best/ (when `from_best` and it exists), else
-    `model`. Weights before config.json, each file replaced in one step."""
+    `model`, with the model card `card` describes (`write_model_files`). Weights before config.json, each
+    file replaced in one step."""
     best = output / "best"
     with staged_files(output, last="config.json") as staging:
         if from_best and best.is_dir():
             for path in best.iterdir():
                 if path.is_file():
                     shutil.copy2(path, staging / path.name)
+            model_card(model.config, **(card or {})).save(staging / "README.md")
         else:
-            write_model_files(model, tokenizer, staging)
+            write_model_files(model, tokenizer, staging, card=card)

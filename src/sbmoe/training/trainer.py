@@ -57,6 +57,7 @@ from sbmoe.training.data import (
     Batch,
     CollectionData,
     TrainingData,
+    collection_names,
     load_training_data,
     shard,
     training_batches,
@@ -448,6 +449,21 @@ def _end_of_epoch(run: TrainingRun, net: ModelOnDevice, state: TrainerState, log
         logger.info("Stopping early: no %s improvement for %d epochs", VALIDATION_METRIC, patience)
 
 
+def _card_training(config: TrainingConfig, summary: dict[str, Any]) -> dict[str, Any]:
+    """What the model card says of the run (`sbmoe.modeling.card`)."""
+    return {
+        "datasets": collection_names(config.dataset),
+        "split": config.train_split,
+        "system": config.system,
+        "frozen encoder": config.freeze_encoder,
+        "epochs": summary["epochs_run"],
+        "selection": config.selection,
+        "seed": config.seed,
+        f"best validation {VALIDATION_METRIC}": summary[f"best_validation_{VALIDATION_METRIC}"],
+        "command": "sbmoe train (its training_config.json is in this folder)",
+    }
+
+
 def _finish(run: TrainingRun, net: ModelOnDevice, state: TrainerState) -> dict[str, Any]:
     """Put the selected model at the top of the output folder and write the summary."""
     summary = {
@@ -460,7 +476,8 @@ def _finish(run: TrainingRun, net: ModelOnDevice, state: TrainerState) -> dict[s
         "history": state.history,
     }
     if run.info.is_main:
-        save_final_model(run.output, net.model, net.tokenizer, from_best=run.config.selection == "best")
+        card = {"base_model": run.config.base, "training": _card_training(run.config, summary)}
+        save_final_model(run.output, net.model, net.tokenizer, run.config.selection == "best", card)
         write_json(run.output / "training_summary.json", summary)
     barrier(run.info)
     return summary
