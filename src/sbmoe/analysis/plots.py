@@ -1,15 +1,13 @@
 """Figures of expert usage: shares per expert, and 2-D maps of embeddings coloured by expert.
 
 Figures are drawn on matplotlib's Agg canvas through the object API (no pyplot, so no global figure
-state and no display needed) and written as PNG atomically: a temporary file in the target folder,
-then a rename.
+state and no display needed) and written as PNG atomically (`sbmoe.io.atomic_write_bytes`).
 """
 
 from __future__ import annotations
 
+import io
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from sbmoe.analysis.routing import ACTIVE_SHARE, expert_shares
+from sbmoe.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +30,15 @@ DOCUMENT_COLOR = "#ff7f0e"
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    """Write `fig` as a PNG to `path` through a temporary file and a rename; release the figure."""
+    """Write `fig` as a PNG to `path` atomically (`sbmoe.io.atomic_write_bytes`); release the figure."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attach the Agg canvas
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    buffer = io.BytesIO()
     try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a figure is for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
     finally:
         fig.clear()
+    atomic_write_bytes(path, buffer.getvalue())
     logger.info("Wrote %s", path)
     return path
 

@@ -28,9 +28,7 @@ import csv
 import io
 import json
 import logging
-import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +45,7 @@ from sbmoe.experiments.results import (
     row_of,
     system_label,
 )
-from sbmoe.io import atomic_write_text
+from sbmoe.io import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -773,17 +771,6 @@ def render_figure(panels: Sequence[FigurePanel]):
     return figure
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: Report, output: Path) -> dict[str, Path]:
     """Write report.md, report.csv, report.tex, experts.csv (when there are activated-experts rows) and
     experts.png (when there is a figure) into the folder `output`, each atomically. Returns kind
@@ -801,7 +788,7 @@ def write_report(report: Report, output: Path) -> dict[str, Path]:
         buffer = io.BytesIO()
         render_figure(report.figure).savefig(buffer, format="png", dpi=150)
         paths["figure"] = output / FIGURE_FILE
-        _atomic_write_bytes(paths["figure"], buffer.getvalue())
+        atomic_write_bytes(paths["figure"], buffer.getvalue())
     for path in paths.values():
         logger.info("wrote %s", path)
     return paths
