@@ -1,7 +1,9 @@
-"""Figures of expert usage: shares per expert, and 2-D maps of embeddings coloured by expert.
+"""Figures: expert usage (shares per expert, 2-D maps of embeddings coloured by expert) and the report's
+metric against the number of experts.
 
 Figures are drawn on matplotlib's Agg canvas through the object API (no pyplot, so no global figure
-state and no display needed) and written as PNG atomically (`sbmoe.io.atomic_write_bytes`).
+state and no display needed) and written as PNG atomically (`sbmoe.io.atomic_write_bytes`). matplotlib is
+imported when a figure is drawn, not with this module.
 """
 
 from __future__ import annotations
@@ -9,15 +11,18 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from sbmoe.analysis.routing import ACTIVE_SHARE, expert_shares
+from sbmoe.evaluation.metrics import metric_label
 from sbmoe.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
@@ -29,13 +34,22 @@ QUERY_COLOR = "#1f77b4"
 DOCUMENT_COLOR = "#ff7f0e"
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure on the Agg canvas (no pyplot state); kwargs go to `Figure`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(fig: Figure, path: str | Path, bbox_inches: str | None = "tight") -> Path:
     """Write `fig` as a PNG to `path` atomically (`sbmoe.io.atomic_write_bytes`); release the figure."""
     path = Path(path)
-    FigureCanvasAgg(fig)  # attach the Agg canvas
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches=bbox_inches)
     finally:
         fig.clear()
     atomic_write_bytes(path, buffer.getvalue())
@@ -74,7 +88,7 @@ def plot_expert_shares(
     docs = 100 * np.asarray(doc_shares, dtype=float)
     x = np.arange(num_experts)
     width = 0.4
-    fig = Figure(figsize=(max(7.0, 0.8 * num_experts + 4), 4.5))
+    fig = _figure(figsize=(max(7.0, 0.8 * num_experts + 4), 4.5))
     ax = fig.add_subplot()
     query_bars = ax.bar(x - width / 2, queries, width, label="queries", color=QUERY_COLOR)
     doc_bars = ax.bar(x + width / 2, docs, width, label="documents", color=DOCUMENT_COLOR)
@@ -165,6 +179,8 @@ def plot_embedding_map(
     experts = np.asarray(experts, dtype=np.int64)
     if len(vectors) != len(experts):
         raise ValueError(f"{len(vectors)} vectors but {len(experts)} experts")
+    from matplotlib.lines import Line2D
+
     num_experts = num_experts or int(experts.max(initial=-1)) + 1
     shares = expert_shares(experts, num_experts)
 
@@ -181,7 +197,7 @@ def plot_embedding_map(
         points = project_2d(vectors[shown], "tsne", seed)
     colors = _expert_colors(num_experts)
 
-    fig = Figure(figsize=(8.5, 6.5))
+    fig = _figure(figsize=(8.5, 6.5))
     ax = fig.add_subplot()
     point_size = 14 if len(shown) <= 500 else 6
     ax.scatter(
@@ -219,3 +235,57 @@ def plot_embedding_map(
     )
     ax.grid(alpha=0.2)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------------ metric vs number of experts
+
+
+@dataclass
+class FigurePanel:
+    """Metric (mean over seeds and in-domain collections) against the number of experts."""
+
+    train_dataset: str
+    base: str
+    metric: str
+    lines: dict[str, list[tuple[int, float]]]  # line label -> [(num_experts, value)], sorted by N
+    baseline_label: str | None
+    baseline_value: float | None
+
+
+def metric_vs_experts_figure(panels: Sequence[FigurePanel]) -> Figure:
+    """A matplotlib Figure (Agg, no pyplot state): one row per (training collection, base), one column per
+    metric; one line per (system, mode), the baseline dashed."""
+    settings = list(dict.fromkeys((p.train_dataset, p.base) for p in panels))
+    metrics = list(dict.fromkeys(p.metric for p in panels))
+    figure = _figure(figsize=(10, 4 * len(settings)), dpi=DPI, layout="constrained")
+    axes = figure.subplots(len(settings), len(metrics), squeeze=False)
+    for panel in panels:
+        ax = axes[settings.index((panel.train_dataset, panel.base))][metrics.index(panel.metric)]
+        counts: set[int] = set()
+        for label, points in panel.lines.items():
+            xs, ys = zip(*points, strict=True)
+            counts.update(xs)
+            ax.plot(xs, ys, marker="o", label=label)
+        if panel.baseline_value is not None:
+            ax.axhline(
+                panel.baseline_value,
+                linestyle="--",
+                color="black",
+                label=f"{panel.baseline_label} (baseline)",
+            )
+        ax.set_xticks(sorted(counts))
+        ax.set_xlabel("number of experts N")
+        ax.set_ylabel(f"{metric_label(panel.metric)} (mean of seeds, collections)")
+        ax.set_title(
+            f"{metric_label(panel.metric)}: {panel.base}\ntrained on {panel.train_dataset}", fontsize="medium"
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.suptitle("In-domain effectiveness vs number of experts")
+    return figure
+
+
+def plot_metric_vs_experts(panels: Sequence[FigurePanel], path: str | Path) -> Path:
+    """`metric_vs_experts_figure(panels)` written to `path` (the whole canvas, no tight crop). Returns
+    `path`."""
+    return _save(metric_vs_experts_figure(panels), path, bbox_inches=None)
