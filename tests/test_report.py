@@ -13,6 +13,7 @@ import pytest
 from scipy import stats
 
 from sbmoe.errors import DataError, SbmoeError
+from sbmoe.experiments.comparisons import PairedTest, Pairing, paired_tests
 from sbmoe.experiments.report import (
     SystemRow,
     add_report_parser,
@@ -21,6 +22,7 @@ from sbmoe.experiments.report import (
     load_results,
     write_report,
 )
+from sbmoe.experiments.results import MetricsFiles
 
 # Ten queries. Per-query nDCG@10 of a run = BASE[i] + collection offset + seed offset + the system's shift[i];
 # Recall@100 = 0.5 * nDCG@10 + 0.45 (same differences, scaled: the same t statistics).
@@ -542,3 +544,55 @@ def test_compare_free_labels(tmp_path, capsys):
     assert [" scifact ", " SB-MoE learned N=4 ALL "] in compared
     with pytest.raises(SbmoeError, match="no results for \\['clustr'\\]"):
         compare_systems(folder, "clustr", "adapter")
+
+
+# ------------------------------------------------------------------------------ the paired-test helper
+
+
+def test_paired_tests_average_seeds_and_correct_per_metric(tmp_path):
+    """One helper tests the tables and --compare: seeds averaged per query, Bonferroni m counted per metric
+    over the pairings that could be tested."""
+    queries = QUERIES[:6]
+    values = {
+        "a1": [0.2 + 0.1 * i for i in range(6)],
+        "a2": [0.3 + 0.1 * i + 0.02 * (-1) ** i for i in range(6)],
+        "b": [0.1 + 0.1 * i + 0.01 * i * i for i in range(6)],
+    }
+    for name, ndcg in values.items():
+        per_query = {"ndcg@10": dict(zip(queries, ndcg, strict=True))}
+        per_query["recall@100"] = {q: 1 - v for q, v in per_query["ndcg@10"].items()}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"per_query": per_query}))
+    one_query = {"ndcg@10": {"q0": 0.5}, "recall@100": {"q0": 0.5}}
+    (tmp_path / "c.json").write_text(json.dumps({"per_query": one_query}))
+    a, b, c = [[{"run_id": n, "metrics_file": f"{n}.json"}] for n in ("a1", "b", "c")]
+    a = [*a, {"run_id": "a2", "metrics_file": "a2.json"}]  # two seeds
+
+    pairings = [
+        Pairing("ndcg@10", a, b, "A vs B"),
+        Pairing("ndcg@10", a, c, "A vs C"),  # one shared query: no test
+        Pairing("recall@100", a, b, "A vs B"),
+        Pairing("ndcg@10", b, a, "B vs A"),
+    ]
+    outcomes = paired_tests(pairings, MetricsFiles(tmp_path), "t-test", alpha=0.05)
+
+    mean_a = [(x + y) / 2 for x, y in zip(values["a1"], values["a2"], strict=True)]
+    p_ndcg = stats.ttest_rel(mean_a, values["b"]).pvalue
+    p_recall = stats.ttest_rel([1 - v for v in mean_a], [1 - v for v in values["b"]]).pvalue
+    assert outcomes[0].p_value == pytest.approx(p_ndcg, rel=1e-9)
+    assert outcomes[0].p_adjusted == pytest.approx(min(1.0, 2 * p_ndcg), rel=1e-9)  # m = 2: A vs C untested
+    assert outcomes[0].significant == (min(1.0, 2 * p_ndcg) < 0.05)
+    assert outcomes[1] == PairedTest(None, None, False)
+    assert outcomes[2].p_value == pytest.approx(p_recall, rel=1e-9)
+    assert outcomes[2].p_adjusted == pytest.approx(p_recall, rel=1e-9)  # m = 1 for recall@100
+    assert outcomes[3].p_adjusted == pytest.approx(outcomes[0].p_adjusted, rel=1e-9)  # the test is symmetric
+
+
+def test_compare_refuses_a_cell_without_two_shared_queries(tmp_path):
+    folder = make_grid(tmp_path / "grid")
+    path = folder / "runs/scifact/tiny/cluster-null-n3/seed1/eval/scifact/top1/metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["per_query"]["ndcg@10"] = {"q0": 0.2}
+    path.write_text(json.dumps(metrics))
+    cell = "cluster N=4 TOP-1 vs cluster-null N=3 TOP-1 on scifact"
+    with pytest.raises(SbmoeError, match=f"fewer than 2 shared queries, no paired test: {cell}"):
+        compare_systems(folder, "cluster", "cluster-null", metrics=["ndcg@10"])
