@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from scipy import stats
+from tiny import figure_format_of
 
 from sbmoe.errors import DataError, SbmoeError
 from sbmoe.experiments.comparisons import PairedTest, Pairing, paired_tests
@@ -250,6 +251,32 @@ def test_files(experiment, tmp_path):
 
     png = paths["figure"].read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+@pytest.mark.parametrize("figure_format", ["png", "pdf", "svg"])
+def test_figure_formats(experiment, tmp_path, figure_format):
+    report = build_report(experiment, metrics=["ndcg@10"], figure_format=figure_format)
+    paths = write_report(report, tmp_path / "out")
+    assert paths["figure"] == tmp_path / "out" / f"experts.{figure_format}"
+    assert figure_format_of(paths["figure"].read_bytes()) == figure_format
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(["report.md", "report.csv", "report.tex", f"experts.{figure_format}"])
+    assert f"(experts.{figure_format})" in report.markdown  # the Markdown names the file written
+    assert ("--figure-format" in report.markdown) == (figure_format != "png")  # the png report is unchanged
+    with pytest.raises(ValueError, match=r"figure_format must be one of \['png', 'pdf', 'svg'\]"):
+        build_report(experiment, figure_format="jpg")
+
+
+def test_cli_figure_format(experiment, capsys):
+    parser = argparse.ArgumentParser()
+    add_report_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(experiment), "--metrics", "ndcg@10", "--figure-format", "svg"])
+    assert args.handler(args) == 0
+    assert figure_format_of((experiment / "report" / "experts.svg").read_bytes()) == "svg"
+    assert not (experiment / "report" / "experts.png").exists()
+    assert str(experiment / "report" / "experts.svg") in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", str(experiment), "--figure-format", "jpg"])
 
 
 def test_no_figure_without_several_expert_counts(tmp_path):

@@ -2,8 +2,9 @@
 metric against the number of experts.
 
 Figures are drawn on matplotlib's Agg canvas through the object API (no pyplot, so no global figure
-state and no display needed) and written as PNG atomically (`sbmoe.io.atomic_write_bytes`). matplotlib is
-imported when a figure is drawn, not with this module.
+state and no display needed) and written atomically (`sbmoe.io.atomic_write_bytes`) in the format the
+file name ends with: .png, .pdf or .svg (`FIGURE_FORMATS`). PDF and SVG carry no creation date, so the same
+figure gives the same bytes. matplotlib is imported when a figure is drawn, not with this module.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DPI = 150
+FIGURE_FORMATS = ("png", "pdf", "svg")
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}  # metadata that would vary between runs
 PROJECTIONS = ("pca", "tsne")
 TSNE_EXACT_POINTS = 1000  # up to this many points the exact t-SNE gradient is the faster
 PCA_FIT_POINTS = 100_000  # PCA components from a sample this large are indistinguishable from all rows
@@ -44,12 +47,23 @@ def _figure(**kwargs: Any) -> Figure:
     return figure
 
 
+def figure_format(path: str | Path) -> str:
+    """The format a figure file name asks for: "png", "pdf" or "svg" (its suffix, any case)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(f"a figure file must end in .png, .pdf or .svg, got {str(path)!r}")
+    return suffix
+
+
 def _save(fig: Figure, path: str | Path, bbox_inches: str | None = "tight") -> Path:
-    """Write `fig` as a PNG to `path` atomically (`sbmoe.io.atomic_write_bytes`); release the figure."""
+    """Write `fig` to `path` atomically (`sbmoe.io.atomic_write_bytes`), in the format of its suffix;
+    release the figure."""
     path = Path(path)
+    file_format = figure_format(path)
+    extra = {"metadata": _NO_DATE[file_format]} if file_format in _NO_DATE else {}
     buffer = io.BytesIO()
     try:
-        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches=bbox_inches)
+        fig.savefig(buffer, format=file_format, dpi=DPI, bbox_inches=bbox_inches, **extra)
     finally:
         fig.clear()
     atomic_write_bytes(path, buffer.getvalue())
@@ -79,7 +93,7 @@ def plot_expert_shares(
 
     query_shares, doc_shares: [E] shares of texts whose top-1 expert is i (each sums to 1); with
     `null_expert`, the last entry is the null expert's (texts passed through unchanged), labelled "null".
-    Returns `path`.
+    path: .png, .pdf or .svg. Returns `path`.
     """
     if len(query_shares) != len(doc_shares):
         raise ValueError(f"{len(query_shares)} query shares but {len(doc_shares)} document shares")
@@ -169,7 +183,7 @@ def plot_embedding_map(
     larger); "tsne" runs t-SNE on a subsample of at most `max_points` (2,000 points take ~30 s on a
     CPU). Either way at most `max_points` points are drawn: a subsample chosen with `seed`, drawn in
     random order so that no expert hides the others. The legend reads "expert i (share %)", shares
-    over all N texts. num_experts: E (default max(experts) + 1). Returns `path`.
+    over all N texts. num_experts: E (default max(experts) + 1). path: .png, .pdf or .svg. Returns `path`.
     """
     if method not in PROJECTIONS:
         raise ValueError(f"method must be one of {list(PROJECTIONS)}, got {method!r}")
@@ -286,6 +300,6 @@ def metric_vs_experts_figure(panels: Sequence[FigurePanel]) -> Figure:
 
 
 def plot_metric_vs_experts(panels: Sequence[FigurePanel], path: str | Path) -> Path:
-    """`metric_vs_experts_figure(panels)` written to `path` (the whole canvas, no tight crop). Returns
-    `path`."""
+    """`metric_vs_experts_figure(panels)` written to `path` (.png, .pdf or .svg; the whole canvas, no tight
+    crop). Returns `path`."""
     return _save(metric_vs_experts_figure(panels), path, bbox_inches=None)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-FIGURE_FILE = "experts.png"
+FIGURE_STEM = "experts"  # the figure is experts.png (or .pdf, .svg: Report.figure_format)
 EXPERTS_FILE = "experts.csv"
 MARKER = "†"
 
@@ -113,7 +113,7 @@ def render_markdown(report: Report) -> str:
             "",
             "## Metric vs number of experts (in-domain)",
             "",
-            f"![metric vs number of experts]({FIGURE_FILE})",
+            _figure_link(report.figure_format),
         ]
     lines += ["", "## Significance", "", report.summary_line + "."]
     lines += ["", "## How this report was made", ""]
@@ -121,11 +121,21 @@ def render_markdown(report: Report) -> str:
         lines.append(f"- experiment: `{report.command}`")
     else:
         lines.append("- experiment: command unknown (no provenance in experiment.json)")
-    lines.append(
-        f"- report: `sbmoe report {report.folder} --metrics {','.join(report.metrics)} --test {report.test} "
-        f"--alpha {report.alpha:g}" + (f" --baseline {report.baseline}" if report.baseline else "") + "`"
-    )
+    options = f"--metrics {','.join(report.metrics)} --test {report.test} --alpha {report.alpha:g}"
+    if report.baseline:
+        options += f" --baseline {report.baseline}"
+    if report.figure_format != "png":
+        options += f" --figure-format {report.figure_format}"
+    lines.append(f"- report: `sbmoe report {report.folder} {options}`")
     return "\n".join(lines) + "\n"
+
+
+def _figure_link(figure_format: str) -> str:
+    """The figure in the Markdown: shown inline (PNG, SVG), or linked (a PDF is no Markdown image)."""
+    file_name = f"{FIGURE_STEM}.{figure_format}"
+    if figure_format == "pdf":
+        return f"[metric vs number of experts (PDF)]({file_name})"
+    return f"![metric vs number of experts]({file_name})"
 
 
 CSV_FIELDS = (
@@ -226,8 +236,8 @@ def render_latex(report: Report) -> str:
 
 def write_report(report: Report, output: Path) -> dict[str, Path]:
     """Write report.md, report.csv, report.tex, experts.csv (when there are activated-experts rows) and
-    experts.png (when there is a figure) into the folder `output`, each atomically. Returns kind
-    ("markdown", "csv", "latex", "experts", "figure") -> path."""
+    experts.png (when there is a figure; .pdf or .svg after `report.figure_format`) into the folder
+    `output`, each atomically. Returns kind ("markdown", "csv", "latex", "experts", "figure") -> path."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     paths = {"markdown": output / "report.md", "csv": output / "report.csv", "latex": output / "report.tex"}
@@ -238,7 +248,8 @@ def write_report(report: Report, output: Path) -> dict[str, Path]:
         paths["experts"] = output / EXPERTS_FILE
         atomic_write_text(paths["experts"], report.experts_csv)
     if report.figure:
-        paths["figure"] = plot_metric_vs_experts(report.figure, output / FIGURE_FILE)
+        figure_file = output / f"{FIGURE_STEM}.{report.figure_format}"
+        paths["figure"] = plot_metric_vs_experts(report.figure, figure_file)
     for path in paths.values():
         logger.info("wrote %s", path)
     return paths

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sbmoe.analysis.plots import FigurePanel
+from sbmoe.analysis.plots import FIGURE_FORMATS, FigurePanel
 from sbmoe.analysis.plots import metric_vs_experts_figure as render_figure
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import metric_label
@@ -63,6 +63,12 @@ def add_report_parser(commands: argparse._SubParsersAction) -> None:
         help="also compare two systems of the grid head to head, by their labels (e.g. sbmoe-learned "
         "sbmoe-faithful, or cluster gated-adapter) at every collection, N and mode: writes compare-A-vs-B.md",
     )
+    parser.add_argument(
+        "--figure-format",
+        choices=FIGURE_FORMATS,
+        default="png",
+        help="file format of the experts figure: experts.png, .pdf or .svg (default: png)",
+    )
     parser.set_defaults(handler=run_report)
 
 
@@ -71,7 +77,12 @@ def run_report(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     try:
         report = build_report(
-            args.dir, metrics=metrics, baseline=args.baseline, test=args.test, alpha=args.alpha
+            args.dir,
+            metrics=metrics,
+            baseline=args.baseline,
+            test=args.test,
+            alpha=args.alpha,
+            figure_format=args.figure_format,
         )
     except ValueError as error:
         raise SbmoeError(str(error)) from error

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sbmoe.analysis.plots import FigurePanel
+from sbmoe.analysis.plots import FIGURE_FORMATS, FigurePanel
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.significance import TEST_NAMES, TESTS
 from sbmoe.experiments import experts_table, render
@@ -161,6 +161,7 @@ class Report:
     comparisons: dict[str, int]  # metric -> Bonferroni m (comparisons with a p-value)
     significant: dict[str, int]  # metric -> comparisons significant after correction
     command: str | None = None  # the command that ran the experiment, from experiment.json
+    figure_format: str = "png"  # of the figure file: png, pdf or svg
     markdown: str = ""
     csv: str = ""
     latex: str = ""
@@ -230,18 +231,22 @@ def build_report(
     baseline: str | None = None,
     test: str = "t-test",
     alpha: float = 0.05,
+    figure_format: str = "png",
 ) -> Report:
     """Tables, significance tests and figure data of the experiment in `folder` (see the module docstring).
 
     baseline: a system name ("finetune", "adapter", "zero-shot", ...); default: in each table the first
-    present of finetune, adapter, zero-shot. test: "t-test" or "randomization". Raises ValueError for a
-    bad test or alpha, SbmoeError for a folder without results or a metric or baseline found nowhere.
+    present of finetune, adapter, zero-shot. test: "t-test" or "randomization". figure_format: the
+    figure's file format, png, pdf or svg (the Markdown names that file). Raises ValueError for a bad test,
+    alpha or figure format, SbmoeError for a folder without results or a metric or baseline found nowhere.
     """
     folder = Path(folder)
     if test not in TESTS:
         raise ValueError(f"test must be one of {sorted(TESTS)}, got {test!r}")
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    if figure_format not in FIGURE_FORMATS:
+        raise ValueError(f"figure_format must be one of {list(FIGURE_FORMATS)}, got {figure_format!r}")
     metrics = list(metrics)
     if not metrics:
         raise ValueError("metrics must name at least one metric")
@@ -305,6 +310,7 @@ def build_report(
         comparisons=comparisons,
         significant=significant,
         command=command,
+        figure_format=figure_format,
     )
     report.markdown = render.render_markdown(report)
     report.csv = render.render_csv(report)
