@@ -58,6 +58,36 @@ PLAN = {
 }
 
 
+def result_line(
+    run_id: str,
+    system: str,
+    num_experts: int | None,
+    seed: int | None,
+    collection: str,
+    mode: str | None,
+    metrics: dict[str, float],
+    metrics_file: str,
+) -> str:
+    """One results.jsonl line of the hand-made folders: base "tiny", trained on scifact (in-domain there,
+    zero-shot elsewhere), except the untrained "zero-shot" system."""
+    trained = system != "zero-shot"
+    line = {
+        "run_id": run_id,
+        "system": system,
+        "base": "tiny",
+        "train_dataset": "scifact" if trained else None,
+        "num_experts": num_experts,
+        "seed": seed,
+        "eval_dataset": collection,
+        "split": "test",
+        "setting": "in-domain" if collection == "scifact" else "zero-shot",
+        "mode": mode,
+        "metrics": metrics,
+        "metrics_file": metrics_file,
+    }
+    return json.dumps(line)
+
+
 def make_experiment(folder: Path, *, skip: tuple[str, ...] = ()) -> Path:
     """An experiment folder as `sbmoe experiment` writes it (results.jsonl + per-run metrics.json)."""
     folder.mkdir(parents=True)
@@ -85,22 +115,7 @@ def make_experiment(folder: Path, *, skip: tuple[str, ...] = ()) -> Path:
                 (folder / metrics_file).write_text(
                     json.dumps({**aggregate, "num_queries": 10, "per_query": per_query})
                 )
-                setting = "in-domain" if collection == "scifact" else "zero-shot"
-                line = {
-                    "run_id": run_id,
-                    "system": system,
-                    "base": "tiny",
-                    "train_dataset": "scifact" if trained else None,
-                    "num_experts": n,
-                    "seed": seed,
-                    "eval_dataset": collection,
-                    "split": "test",
-                    "setting": setting,
-                    "mode": mode,
-                    "metrics": aggregate,
-                    "metrics_file": metrics_file,
-                }
-                lines.append(json.dumps(line))
+                lines.append(result_line(run_id, system, n, seed, collection, mode, aggregate, metrics_file))
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -242,7 +257,9 @@ def test_files(experiment, tmp_path):
     ]
     assert n6["significant"] == "true" and n6["n_seeds"] == "2" and n6["baseline"] == "FINE-TUNED"
     assert float(n6["delta_pct"]) == pytest.approx(20.408163, rel=1e-6)
-    assert float(n6["p_adjusted"]) < 0.05 <= 1.0
+    p_value, p_adjusted = float(n6["p_value"]), float(n6["p_adjusted"])
+    assert p_adjusted == pytest.approx(7 * p_value)  # Bonferroni, m = 7 nDCG@10 comparisons (7p < 1 here)
+    assert 0.0 < p_value < p_adjusted < 0.05  # significant after correction, as the "true" above says
 
     latex = paths["latex"].read_text()
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
@@ -408,21 +425,7 @@ def make_grid(folder: Path) -> Path:
             (folder / metrics_file).parent.mkdir(parents=True, exist_ok=True)
             metrics = {**aggregate, "expert_counts": expert_counts, "per_query": per_query}
             (folder / metrics_file).write_text(json.dumps(metrics))
-            line = {
-                "run_id": run_id,
-                "system": system,
-                "base": "tiny",
-                "train_dataset": "scifact" if trained else None,
-                "num_experts": n,
-                "seed": seed,
-                "eval_dataset": collection,
-                "split": "test",
-                "setting": "in-domain" if collection == "scifact" else "zero-shot",
-                "mode": mode,
-                "metrics": aggregate,
-                "metrics_file": metrics_file,
-            }
-            lines.append(json.dumps(line))
+            lines.append(result_line(run_id, system, n, seed, collection, mode, aggregate, metrics_file))
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
