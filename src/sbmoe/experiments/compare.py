@@ -76,8 +76,8 @@ def compare_systems(
     cells = []  # (table key, A row, B row, pairing)
     for key, rows in sorted(group_results(results).items(), key=lambda item: group_order(item[0], "")):
         for row_a, row_b in _compared_rows(rows, system_a, system_b):
+            name = f"{row_a.label} vs {row_b.label} on {key[2]}"
             for metric in metrics:
-                name = f"{row_a.label} vs {row_b.label} on {key[2]}"
                 cells.append((key, row_a, row_b, Pairing(metric, rows[row_a], rows[row_b], name)))
     if not cells:
         raise SbmoeError(f"{folder}: no test collection where both {system_a} and {system_b} ran")

@@ -1,10 +1,11 @@
 """`sbmoe report DIR`: the command line of the report; the report itself lives in its own modules.
 
-    sbmoe.experiments.results   reading results.jsonl, the metrics files and experiment.json
-    sbmoe.experiments.tables    the tables and significance tests (`build_report`, `paired_tests`)
-    sbmoe.experiments.render    Markdown, CSV and LaTeX, and the files (`write_report`)
-    sbmoe.experiments.compare   two systems head to head (`compare_systems`)
-    sbmoe.analysis.plots        the figure of the metric against the number of experts
+    sbmoe.experiments.results       reading results.jsonl, the metrics files and experiment.json
+    sbmoe.experiments.comparisons   records grouped by table; the paired test with Bonferroni (`paired_tests`)
+    sbmoe.experiments.tables        the tables against a baseline, with their tests (`build_report`)
+    sbmoe.experiments.render        Markdown, CSV and LaTeX, and the files (`write_report`)
+    sbmoe.experiments.compare       two systems head to head (`compare_systems`)
+    sbmoe.analysis.plots            the figure of the metric against the number of experts
 
 The public names of those modules that callers used to import from here are re-exported.
 """
