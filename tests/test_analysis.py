@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 import pytest
+from tiny import figure_format_of
 
 from sbmoe.analysis.analyze import AnalyzeSettings, add_analyze_parser, analyze
 from sbmoe.analysis.plots import plot_embedding_map, plot_expert_shares
@@ -150,6 +151,25 @@ def test_plot_expert_shares_writes_a_png(tmp_path):
     assert_png(path)
 
 
+@pytest.mark.parametrize("figure_format", ["png", "pdf", "svg"])
+def test_figures_are_written_in_the_format_of_their_suffix(tmp_path, figure_format):
+    shares = plot_expert_shares([0.5, 0.5], [0.5, 0.5], tmp_path / f"shares.{figure_format}", "Shares")
+    experts = np.arange(12) % 3
+    map_path = plot_embedding_map(
+        np.random.default_rng(0).normal(size=(12, 4)), experts, tmp_path / f"map.{figure_format}", "Map"
+    )
+    for path in (shares, map_path):
+        data = path.read_bytes()
+        assert figure_format_of(data) == figure_format
+        assert b"CreationDate" not in data and b"<dc:date>" not in data  # same figure, same bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"map.{figure_format}", f"shares.{figure_format}"]
+
+
+def test_figures_refuse_an_unknown_suffix(tmp_path):
+    with pytest.raises(ValueError, match=r"\.png, \.pdf or \.svg"):
+        plot_expert_shares([0.5, 0.5], [0.5, 0.5], tmp_path / "shares.jpg", "Shares")
+
+
 @pytest.mark.parametrize("method", ["pca", "tsne"])
 def test_plot_embedding_map_writes_a_png(tmp_path, method):
     rng = np.random.default_rng(0)
@@ -253,7 +273,8 @@ def test_analyze_refuses_a_model_without_moe_block(tiny_encoder, tiny_beir, tmp_
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("projection", "umap"), ("max_points", 1), ("batch_size", 0), ("model", "")]
+    ("field", "value"),
+    [("projection", "umap"), ("max_points", 1), ("batch_size", 0), ("model", ""), ("figure_format", "jpg")],
 )
 def test_analyze_settings_name_the_bad_field(field, value):
     arguments = {"model": "m", "dataset": "d", field: value}
@@ -273,3 +294,19 @@ def test_analyze_command_prints_a_summary(tiny_sbmoe, tiny_beir, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "activated" in printed and "chance" in printed and str(out / "routing.json") in printed
     assert_png(out / "document_map.png")
+
+
+@pytest.mark.parametrize("figure_format", ["pdf", "svg"])
+def test_analyze_command_writes_figures_in_the_chosen_format(tiny_sbmoe, tiny_beir, tmp_path, figure_format):
+    parser = argparse.ArgumentParser()
+    add_analyze_parser(parser.add_subparsers())
+    out = tmp_path / "analysis"
+    args = parser.parse_args(
+        ["analyze", "--model", str(tiny_sbmoe), "--dataset", str(tiny_beir), "--output-dir", str(out)]
+        + ["--figure-format", figure_format, "--no-progress"]
+    )
+    assert args.handler(args) == 0
+    figures = sorted(p.name for p in out.iterdir() if p.name != "routing.json")
+    assert figures == [f"document_map.{figure_format}", f"expert_shares.{figure_format}"]
+    assert all(figure_format_of((out / name).read_bytes()) == figure_format for name in figures)
+    assert json.loads((out / "routing.json").read_text())["settings"]["figure_format"] == figure_format

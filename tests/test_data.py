@@ -6,7 +6,6 @@ import gzip
 import json
 import logging
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -473,20 +472,34 @@ def real_datasets() -> Path:
 
 
 @pytest.mark.slow
-def test_real_collections():
+def test_real_collections(monkeypatch):
     root = real_datasets()
     if not (root / "scifact").is_dir():
         pytest.skip(f"real collections not found under {root}")
-    start = time.perf_counter()
+    import sbmoe.data.beir as beir
+
+    reads = []  # the files read, in order: every BEIR file is read through _read_lines, line by line
+
+    def spy_read_lines(path):
+        reads.append(Path(path).name)
+        return real_read_lines(path)
+
+    real_read_lines = beir._read_lines
+    monkeypatch.setattr(beir, "_read_lines", spy_read_lines)
     scifact = load_dataset("scifact", root)
+    assert reads == []  # finding the collection reads nothing: each file is read on first use
     assert len(scifact.corpus) == 5183
-    seconds = time.perf_counter() - start
-    assert seconds < 1.0, f"SciFact corpus took {seconds:.2f}s to load"
+    corpus_file = scifact.corpus_path.name  # corpus.jsonl.gz, streamed through gzip
+    assert reads == [corpus_file]
     assert len(scifact.queries) == 1109
     assert scifact.splits() == ["test", "train"]
     for split, queries, rows in [("test", 300, 339), ("train", 809, 919)]:
         qrels = scifact.qrels(split)
         assert (len(qrels), sum(len(d) for d in qrels.values())) == (queries, rows)
+    assert len(scifact.corpus) == 5183 and scifact.dangling("test") == scifact.dangling("test")
+    # Each file read once, though the corpus, queries and qrels were used again (the qrels check the
+    # corpus and queries for dangling judgements).
+    assert reads == [corpus_file, "queries.jsonl", "test.tsv", "train.tsv"]
 
     arguana = load_dataset("arguana", root)
     assert arguana.queries_are_documents()

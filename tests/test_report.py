@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 from scipy import stats
+from tiny import figure_format_of
 
 from sbmoe.errors import DataError, SbmoeError
+from sbmoe.experiments.comparisons import PairedTest, Pairing, paired_tests
 from sbmoe.experiments.report import (
     SystemRow,
     add_report_parser,
@@ -21,6 +23,7 @@ from sbmoe.experiments.report import (
     load_results,
     write_report,
 )
+from sbmoe.experiments.results import MetricsFiles
 
 # Ten queries. Per-query nDCG@10 of a run = BASE[i] + collection offset + seed offset + the system's shift[i];
 # Recall@100 = 0.5 * nDCG@10 + 0.45 (same differences, scaled: the same t statistics).
@@ -55,6 +58,36 @@ PLAN = {
 }
 
 
+def result_line(
+    run_id: str,
+    system: str,
+    num_experts: int | None,
+    seed: int | None,
+    collection: str,
+    mode: str | None,
+    metrics: dict[str, float],
+    metrics_file: str,
+) -> str:
+    """One results.jsonl line of the hand-made folders: base "tiny", trained on scifact (in-domain there,
+    zero-shot elsewhere), except the untrained "zero-shot" system."""
+    trained = system != "zero-shot"
+    line = {
+        "run_id": run_id,
+        "system": system,
+        "base": "tiny",
+        "train_dataset": "scifact" if trained else None,
+        "num_experts": num_experts,
+        "seed": seed,
+        "eval_dataset": collection,
+        "split": "test",
+        "setting": "in-domain" if collection == "scifact" else "zero-shot",
+        "mode": mode,
+        "metrics": metrics,
+        "metrics_file": metrics_file,
+    }
+    return json.dumps(line)
+
+
 def make_experiment(folder: Path, *, skip: tuple[str, ...] = ()) -> Path:
     """An experiment folder as `sbmoe experiment` writes it (results.jsonl + per-run metrics.json)."""
     folder.mkdir(parents=True)
@@ -82,22 +115,7 @@ def make_experiment(folder: Path, *, skip: tuple[str, ...] = ()) -> Path:
                 (folder / metrics_file).write_text(
                     json.dumps({**aggregate, "num_queries": 10, "per_query": per_query})
                 )
-                setting = "in-domain" if collection == "scifact" else "zero-shot"
-                line = {
-                    "run_id": run_id,
-                    "system": system,
-                    "base": "tiny",
-                    "train_dataset": "scifact" if trained else None,
-                    "num_experts": n,
-                    "seed": seed,
-                    "eval_dataset": collection,
-                    "split": "test",
-                    "setting": setting,
-                    "mode": mode,
-                    "metrics": aggregate,
-                    "metrics_file": metrics_file,
-                }
-                lines.append(json.dumps(line))
+                lines.append(result_line(run_id, system, n, seed, collection, mode, aggregate, metrics_file))
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -239,7 +257,9 @@ def test_files(experiment, tmp_path):
     ]
     assert n6["significant"] == "true" and n6["n_seeds"] == "2" and n6["baseline"] == "FINE-TUNED"
     assert float(n6["delta_pct"]) == pytest.approx(20.408163, rel=1e-6)
-    assert float(n6["p_adjusted"]) < 0.05 <= 1.0
+    p_value, p_adjusted = float(n6["p_value"]), float(n6["p_adjusted"])
+    assert p_adjusted == pytest.approx(7 * p_value)  # Bonferroni, m = 7 nDCG@10 comparisons (7p < 1 here)
+    assert 0.0 < p_value < p_adjusted < 0.05  # significant after correction, as the "true" above says
 
     latex = paths["latex"].read_text()
     assert "\\toprule" in latex and "\\midrule" in latex and "\\bottomrule" in latex
@@ -248,6 +268,32 @@ def test_files(experiment, tmp_path):
 
     png = paths["figure"].read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
+
+
+@pytest.mark.parametrize("figure_format", ["png", "pdf", "svg"])
+def test_figure_formats(experiment, tmp_path, figure_format):
+    report = build_report(experiment, metrics=["ndcg@10"], figure_format=figure_format)
+    paths = write_report(report, tmp_path / "out")
+    assert paths["figure"] == tmp_path / "out" / f"experts.{figure_format}"
+    assert figure_format_of(paths["figure"].read_bytes()) == figure_format
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted(["report.md", "report.csv", "report.tex", f"experts.{figure_format}"])
+    assert f"(experts.{figure_format})" in report.markdown  # the Markdown names the file written
+    assert ("--figure-format" in report.markdown) == (figure_format != "png")  # the png report is unchanged
+    with pytest.raises(ValueError, match=r"figure_format must be one of \['png', 'pdf', 'svg'\]"):
+        build_report(experiment, figure_format="jpg")
+
+
+def test_cli_figure_format(experiment, capsys):
+    parser = argparse.ArgumentParser()
+    add_report_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["report", str(experiment), "--metrics", "ndcg@10", "--figure-format", "svg"])
+    assert args.handler(args) == 0
+    assert figure_format_of((experiment / "report" / "experts.svg").read_bytes()) == "svg"
+    assert not (experiment / "report" / "experts.png").exists()
+    assert str(experiment / "report" / "experts.svg") in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        parser.parse_args(["report", str(experiment), "--figure-format", "jpg"])
 
 
 def test_no_figure_without_several_expert_counts(tmp_path):
@@ -379,21 +425,7 @@ def make_grid(folder: Path) -> Path:
             (folder / metrics_file).parent.mkdir(parents=True, exist_ok=True)
             metrics = {**aggregate, "expert_counts": expert_counts, "per_query": per_query}
             (folder / metrics_file).write_text(json.dumps(metrics))
-            line = {
-                "run_id": run_id,
-                "system": system,
-                "base": "tiny",
-                "train_dataset": "scifact" if trained else None,
-                "num_experts": n,
-                "seed": seed,
-                "eval_dataset": collection,
-                "split": "test",
-                "setting": "in-domain" if collection == "scifact" else "zero-shot",
-                "mode": mode,
-                "metrics": aggregate,
-                "metrics_file": metrics_file,
-            }
-            lines.append(json.dumps(line))
+            lines.append(result_line(run_id, system, n, seed, collection, mode, aggregate, metrics_file))
     (folder / "results.jsonl").write_text("\n".join(lines) + "\n")
     return folder
 
@@ -542,3 +574,55 @@ def test_compare_free_labels(tmp_path, capsys):
     assert [" scifact ", " SB-MoE learned N=4 ALL "] in compared
     with pytest.raises(SbmoeError, match="no results for \\['clustr'\\]"):
         compare_systems(folder, "clustr", "adapter")
+
+
+# ------------------------------------------------------------------------------ the paired-test helper
+
+
+def test_paired_tests_average_seeds_and_correct_per_metric(tmp_path):
+    """One helper tests the tables and --compare: seeds averaged per query, Bonferroni m counted per metric
+    over the pairings that could be tested."""
+    queries = QUERIES[:6]
+    values = {
+        "a1": [0.2 + 0.1 * i for i in range(6)],
+        "a2": [0.3 + 0.1 * i + 0.02 * (-1) ** i for i in range(6)],
+        "b": [0.1 + 0.1 * i + 0.01 * i * i for i in range(6)],
+    }
+    for name, ndcg in values.items():
+        per_query = {"ndcg@10": dict(zip(queries, ndcg, strict=True))}
+        per_query["recall@100"] = {q: 1 - v for q, v in per_query["ndcg@10"].items()}
+        (tmp_path / f"{name}.json").write_text(json.dumps({"per_query": per_query}))
+    one_query = {"ndcg@10": {"q0": 0.5}, "recall@100": {"q0": 0.5}}
+    (tmp_path / "c.json").write_text(json.dumps({"per_query": one_query}))
+    a, b, c = [[{"run_id": n, "metrics_file": f"{n}.json"}] for n in ("a1", "b", "c")]
+    a = [*a, {"run_id": "a2", "metrics_file": "a2.json"}]  # two seeds
+
+    pairings = [
+        Pairing("ndcg@10", a, b, "A vs B"),
+        Pairing("ndcg@10", a, c, "A vs C"),  # one shared query: no test
+        Pairing("recall@100", a, b, "A vs B"),
+        Pairing("ndcg@10", b, a, "B vs A"),
+    ]
+    outcomes = paired_tests(pairings, MetricsFiles(tmp_path), "t-test", alpha=0.05)
+
+    mean_a = [(x + y) / 2 for x, y in zip(values["a1"], values["a2"], strict=True)]
+    p_ndcg = stats.ttest_rel(mean_a, values["b"]).pvalue
+    p_recall = stats.ttest_rel([1 - v for v in mean_a], [1 - v for v in values["b"]]).pvalue
+    assert outcomes[0].p_value == pytest.approx(p_ndcg, rel=1e-9)
+    assert outcomes[0].p_adjusted == pytest.approx(min(1.0, 2 * p_ndcg), rel=1e-9)  # m = 2: A vs C untested
+    assert outcomes[0].significant == (min(1.0, 2 * p_ndcg) < 0.05)
+    assert outcomes[1] == PairedTest(None, None, False)
+    assert outcomes[2].p_value == pytest.approx(p_recall, rel=1e-9)
+    assert outcomes[2].p_adjusted == pytest.approx(p_recall, rel=1e-9)  # m = 1 for recall@100
+    assert outcomes[3].p_adjusted == pytest.approx(outcomes[0].p_adjusted, rel=1e-9)  # the test is symmetric
+
+
+def test_compare_refuses_a_cell_without_two_shared_queries(tmp_path):
+    folder = make_grid(tmp_path / "grid")
+    path = folder / "runs/scifact/tiny/cluster-null-n3/seed1/eval/scifact/top1/metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["per_query"]["ndcg@10"] = {"q0": 0.2}
+    path.write_text(json.dumps(metrics))
+    cell = "cluster N=4 TOP-1 vs cluster-null N=3 TOP-1 on scifact"
+    with pytest.raises(SbmoeError, match=f"fewer than 2 shared queries, no paired test: {cell}"):
+        compare_systems(folder, "cluster", "cluster-null", metrics=["ndcg@10"])

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -319,12 +320,38 @@ def test_paper_preset_sets_the_authors_recipe_and_flags_override_it(tmp_path):
 
 
 @pytest.mark.parametrize("source", ["bm25", "run"])
-def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source):
+def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source, monkeypatch):
+    import sbmoe.training.trainer as trainer
+    from sbmoe.data import load_dataset
+    from sbmoe.training.negatives import mine_bm25_negatives
+
+    dataset = load_dataset(str(synthetic))
     hard = "bm25"
     if source == "run":  # a TREC run whose top hit for every query is document d0 (or d1 for q0)
         lines = [f"q{i} Q0 d{0 if i else 1} 1 9.0 bm25\nq{i} Q0 d{i} 2 8.0 bm25" for i in range(32)]
         (tmp_path / "run.trec").write_text("\n".join(lines) + "\n")
         hard = str(tmp_path / "run.trec")
+        # d{i} is q{i}'s positive, so each query's only candidate is the run's other hit.
+        candidates = {f"q{i}": ["d0" if i else "d1"] for i in range(32)}
+    else:  # the same mining, run here on its own
+        candidates = mine_bm25_negatives(
+            dataset.corpus, dataset.queries, dataset.qrels("train"), progress=False
+        )
+    assert any(candidates.values())
+
+    batches, widths = [], []  # the batches the loop trains on; the (queries, documents) the loss scores
+
+    def spy_batches(*args, **kwargs):
+        batches.extend(made := real_batches(*args, **kwargs))
+        return made
+
+    def spy_loss(q, d, *args, **kwargs):
+        widths.append((len(q), len(d)))
+        return real_loss(q, d, *args, **kwargs)
+
+    real_batches, real_loss = trainer.epoch_batches, trainer.contrastive_loss
+    monkeypatch.setattr(trainer, "epoch_batches", spy_batches)
+    monkeypatch.setattr(trainer, "contrastive_loss", spy_loss)
     output = tmp_path / "out"
     assert main(train_args(tiny_encoder, synthetic, output, "--freeze-encoder", "--epochs", "1",
                            "--hard-negatives", hard, "--num-hard-negatives", "2")) == 0  # fmt: skip
@@ -332,13 +359,64 @@ def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source)
     config = json.loads((output / "training_config.json").read_text())["config"]
     assert (config["hard_negatives"], config["num_hard_negatives"]) == (hard, 2)
 
+    # Every step scores each query against its positive and 2 hard negatives (B + 2B documents) ...
+    assert len(widths) == 8 and all(documents == 3 * queries for queries, documents in widths)
+    # ... and those negatives are the query's candidates (topped up at random only when it has fewer than 2).
+    with_hard_negative = set()
+    for batch in batches:
+        size = len(batch.query_ids)
+        assert len(batch.doc_ids) == 3 * size
+        for j, query_id in enumerate(batch.query_ids):
+            negatives = batch.doc_ids[size + 2 * j : size + 2 * j + 2]
+            drawn = [doc_id for doc_id in negatives if doc_id in candidates[query_id]]
+            assert len(drawn) == min(2, len(candidates[query_id])), (query_id, negatives)
+            if drawn:
+                with_hard_negative.add(query_id)
+    assert (
+        len(with_hard_negative) == 30
+    )  # every training query (32, 2 held out) has candidates in both sources
 
-def test_random_gate_trains_and_validates_with_per_text_routing(tiny_encoder, synthetic, tmp_path):
+
+def test_random_gate_trains_and_validates_with_per_text_routing(
+    tiny_encoder, synthetic, tmp_path, monkeypatch
+):
+    import sbmoe.training.trainer as trainer
+    from sbmoe.modeling.moe import random_experts
+
+    routed = []  # each validation's (routing keys, experts) of the documents, then of the queries
+
+    def spy_apply_head(model, pooled, *args, **kwargs):
+        embeddings, experts = real_apply_head(model, pooled, *args, **kwargs)
+        routed.append((kwargs.get("keys"), experts))
+        return embeddings, experts
+
+    real_apply_head = trainer.apply_head
+    monkeypatch.setattr(trainer, "apply_head", spy_apply_head)
     config = config_for(tiny_encoder, synthetic, tmp_path / "run", system="random-gate", freeze_encoder=True)
     summary = train(config)
-    assert summary["best_validation_ndcg@10"] is not None
     model, _ = load_model(tmp_path / "run")
     assert model.config.random_gate and model.config.default_mode == "random"
+
+    # Validation ran after each of the 2 epochs and its nDCG@10 is the summary's.
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    validations = [record["ndcg@10"] for record in log if record["type"] == "validation"]
+    assert len(validations) == 2 and all(0.0 <= value <= 1.0 for value in validations)
+    assert summary["best_validation_ndcg@10"] == max(validations)
+    assert len(routed) == 4  # documents and queries, twice
+
+    # Per text: each text's expert is a function of its own tokens' key and the gate's seed, ...
+    for keys, experts in routed:
+        assert keys is not None and len(keys) == len(experts)
+        expected = random_experts(torch.from_numpy(keys), 3, model.config.random_gate_seed).numpy()
+        assert experts.tolist() == expected.tolist()
+    # ... so the same text gets the same expert at every validation, though the block trained in between;
+    (doc_keys, doc_experts), (query_keys, query_experts) = routed[0], routed[1]
+    assert (routed[2][0].tolist(), routed[2][1].tolist()) == (doc_keys.tolist(), doc_experts.tolist())
+    assert (routed[3][0].tolist(), routed[3][1].tolist()) == (query_keys.tolist(), query_experts.tolist())
+    # and different texts spread over the experts: the 80 documents reach all 3, none takes most of them.
+    counts = np.bincount(doc_experts, minlength=3)
+    assert len(doc_experts) == 80 and len(set(doc_keys.tolist())) == 80
+    assert (counts > 0).all() and counts.max() < 0.6 * len(doc_experts)
 
 
 def test_default_recipe_depends_on_the_regime_and_explicit_values_win():

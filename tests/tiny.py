@@ -110,3 +110,14 @@ def make_synthetic_beir(folder: Path, num_queries: int = 40, seed: int = 0) -> P
         rows = "".join(f"{q}\td{q[1:]}\t1\n" for q in chosen)
         (folder / "qrels" / f"{split}.tsv").write_text(header + rows, encoding="utf-8")
     return folder
+
+
+def figure_format_of(data: bytes) -> str | None:
+    """The format of a figure file's bytes, by signature: "png", "pdf", "svg", or None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"%PDF"):
+        return "pdf"
+    if data.lstrip().startswith(b"<?xml") and b"<svg" in data:
+        return "svg"
+    return None

@@ -29,9 +29,15 @@ PROVENANCE_PACKAGES = (
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in the same folder and a rename."""
+    """Write `text` (UTF-8) to `path` through a temporary file in the same folder and a rename."""
     with atomic_open(path, "w") as handle:
         handle.write(text)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file in the same folder and a rename."""
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
 
 
 @contextmanager

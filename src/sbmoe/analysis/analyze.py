@@ -6,6 +6,7 @@ Writes to the output folder:
                         the settings, the model's config and provenance
     expert_shares.png   share of queries and of documents per expert
     document_map.png    2-D projection (PCA or t-SNE) of the documents' pooled vectors, by expert
+                        (the figures are .pdf or .svg files with figure_format pdf or svg)
 
 Each text is routed once, on its pooled vector (the input the block actually routes), and counted once.
 Corpus and query encodings go through the embedding cache, so a prior `sbmoe evaluate` is reused.
@@ -19,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sbmoe.analysis.plots import FIGURE_FORMATS
 from sbmoe.errors import SbmoeError
 
 logger = logging.getLogger(__name__)
@@ -42,6 +44,7 @@ class AnalyzeSettings:
     dtype: str = (
         "float32"  # the encoder's compute dtype: float32, bfloat16 or auto (sbmoe.modeling.precision)
     )
+    figure_format: str = "png"  # of the two figures: png, pdf or svg
 
     def __post_init__(self) -> None:
         from sbmoe.modeling.precision import DTYPES
@@ -57,6 +60,10 @@ class AnalyzeSettings:
             raise ValueError(f"max_points must be at least 2, got {self.max_points}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.figure_format not in FIGURE_FORMATS:
+            raise ValueError(
+                f"figure_format must be one of {list(FIGURE_FORMATS)}, got {self.figure_format!r}"
+            )
 
     def resolved_output_dir(self, dataset_name: str) -> Path:
         if self.output_dir:
@@ -69,8 +76,8 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
     """Route the corpus and the split's judged queries, write the artifacts, return the summary.
 
     The returned dict is routing.json without the per-text experts, plus "output_dir" and "outputs"
-    (paths of routing.json, expert_shares.png, document_map.png). Raises SbmoeError for a model without
-    an MoE block.
+    (paths of routing.json, expert_shares.png, document_map.png; the figures .pdf or .svg after
+    `settings.figure_format`). Raises SbmoeError for a model without an MoE block.
     """
     import numpy as np
     import torch
@@ -164,8 +171,8 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
     title = f"{dataset.name} ({settings.split}), {model_tag}: {num_experts} experts"
     outputs = {
         "routing": output_dir / "routing.json",
-        "expert_shares": output_dir / "expert_shares.png",
-        "document_map": output_dir / "document_map.png",
+        "expert_shares": output_dir / f"expert_shares.{settings.figure_format}",
+        "document_map": output_dir / f"document_map.{settings.figure_format}",
     }
     write_json(
         outputs["routing"],
@@ -254,6 +261,9 @@ def add_analyze_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=32)
     add_dtype_argument(parser)
+    parser.add_argument(
+        "--figure-format", choices=FIGURE_FORMATS, default="png", help="figure file format (default: png)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.set_defaults(handler=_run_analyze)
 
@@ -271,6 +281,7 @@ def _run_analyze(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             progress=not args.no_progress,
             dtype=args.dtype,
+            figure_format=args.figure_format,
         )
     except ValueError as error:
         raise SbmoeError(str(error)) from error

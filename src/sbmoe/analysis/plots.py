@@ -1,27 +1,35 @@
-"""Figures of expert usage: shares per expert, and 2-D maps of embeddings coloured by expert.
+"""Figures: expert usage (shares per expert, 2-D maps of embeddings coloured by expert) and the report's
+metric against the number of experts.
 
 Figures are drawn on matplotlib's Agg canvas through the object API (no pyplot, so no global figure
-state and no display needed) and written as PNG atomically: a temporary file in the target folder,
-then a rename.
+state and no display needed) and written atomically (`sbmoe.io.atomic_write_bytes`) in the format the
+file name ends with: .png, .pdf or .svg (`FIGURE_FORMATS`). PDF and SVG carry no creation date, so the same
+figure gives the same bytes. matplotlib is imported when a figure is drawn, not with this module.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 
 from sbmoe.analysis.routing import ACTIVE_SHARE, expert_shares
-from sbmoe.io import atomic_open
+from sbmoe.evaluation.metrics import metric_label
+from sbmoe.io import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 
 DPI = 150
+FIGURE_FORMATS = ("png", "pdf", "svg")
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}  # metadata that would vary between runs
 PROJECTIONS = ("pca", "tsne")
 TSNE_EXACT_POINTS = 1000  # up to this many points the exact t-SNE gradient is the faster
 PCA_FIT_POINTS = 100_000  # PCA components from a sample this large are indistinguishable from all rows
@@ -29,15 +37,36 @@ QUERY_COLOR = "#1f77b4"
 DOCUMENT_COLOR = "#ff7f0e"
 
 
-def _save(fig: Figure, path: str | Path) -> Path:
-    """Write `fig` as a PNG to `path` through a temporary file and a rename; release the figure."""
+def _figure(**kwargs: Any) -> Figure:
+    """A matplotlib Figure on the Agg canvas (no pyplot state); kwargs go to `Figure`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def figure_format(path: str | Path) -> str:
+    """The format a figure file name asks for: "png", "pdf" or "svg" (its suffix, any case)."""
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in FIGURE_FORMATS:
+        raise ValueError(f"a figure file must end in .png, .pdf or .svg, got {str(path)!r}")
+    return suffix
+
+
+def _save(fig: Figure, path: str | Path, bbox_inches: str | None = "tight") -> Path:
+    """Write `fig` to `path` atomically (`sbmoe.io.atomic_write_bytes`), in the format of its suffix;
+    release the figure."""
     path = Path(path)
-    FigureCanvasAgg(fig)  # attach the Agg canvas
+    file_format = figure_format(path)
+    extra = {"metadata": _NO_DATE[file_format]} if file_format in _NO_DATE else {}
+    buffer = io.BytesIO()
     try:
-        with atomic_open(path, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=DPI, bbox_inches="tight")
+        fig.savefig(buffer, format=file_format, dpi=DPI, bbox_inches=bbox_inches, **extra)
     finally:
         fig.clear()
+    atomic_write_bytes(path, buffer.getvalue())
     logger.info("Wrote %s", path)
     return path
 
@@ -64,7 +93,7 @@ def plot_expert_shares(
 
     query_shares, doc_shares: [E] shares of texts whose top-1 expert is i (each sums to 1); with
     `null_expert`, the last entry is the null expert's (texts passed through unchanged), labelled "null".
-    Returns `path`.
+    path: .png, .pdf or .svg. Returns `path`.
     """
     if len(query_shares) != len(doc_shares):
         raise ValueError(f"{len(query_shares)} query shares but {len(doc_shares)} document shares")
@@ -73,7 +102,7 @@ def plot_expert_shares(
     docs = 100 * np.asarray(doc_shares, dtype=float)
     x = np.arange(num_experts)
     width = 0.4
-    fig = Figure(figsize=(max(7.0, 0.8 * num_experts + 4), 4.5))
+    fig = _figure(figsize=(max(7.0, 0.8 * num_experts + 4), 4.5))
     ax = fig.add_subplot()
     query_bars = ax.bar(x - width / 2, queries, width, label="queries", color=QUERY_COLOR)
     doc_bars = ax.bar(x + width / 2, docs, width, label="documents", color=DOCUMENT_COLOR)
@@ -154,7 +183,7 @@ def plot_embedding_map(
     larger); "tsne" runs t-SNE on a subsample of at most `max_points` (2,000 points take ~30 s on a
     CPU). Either way at most `max_points` points are drawn: a subsample chosen with `seed`, drawn in
     random order so that no expert hides the others. The legend reads "expert i (share %)", shares
-    over all N texts. num_experts: E (default max(experts) + 1). Returns `path`.
+    over all N texts. num_experts: E (default max(experts) + 1). path: .png, .pdf or .svg. Returns `path`.
     """
     if method not in PROJECTIONS:
         raise ValueError(f"method must be one of {list(PROJECTIONS)}, got {method!r}")
@@ -164,6 +193,8 @@ def plot_embedding_map(
     experts = np.asarray(experts, dtype=np.int64)
     if len(vectors) != len(experts):
         raise ValueError(f"{len(vectors)} vectors but {len(experts)} experts")
+    from matplotlib.lines import Line2D
+
     num_experts = num_experts or int(experts.max(initial=-1)) + 1
     shares = expert_shares(experts, num_experts)
 
@@ -180,7 +211,7 @@ def plot_embedding_map(
         points = project_2d(vectors[shown], "tsne", seed)
     colors = _expert_colors(num_experts)
 
-    fig = Figure(figsize=(8.5, 6.5))
+    fig = _figure(figsize=(8.5, 6.5))
     ax = fig.add_subplot()
     point_size = 14 if len(shown) <= 500 else 6
     ax.scatter(
@@ -218,3 +249,57 @@ def plot_embedding_map(
     )
     ax.grid(alpha=0.2)
     return _save(fig, path)
+
+
+# ------------------------------------------------------------------------ metric vs number of experts
+
+
+@dataclass
+class FigurePanel:
+    """Metric (mean over seeds and in-domain collections) against the number of experts."""
+
+    train_dataset: str
+    base: str
+    metric: str
+    lines: dict[str, list[tuple[int, float]]]  # line label -> [(num_experts, value)], sorted by N
+    baseline_label: str | None
+    baseline_value: float | None
+
+
+def metric_vs_experts_figure(panels: Sequence[FigurePanel]) -> Figure:
+    """A matplotlib Figure (Agg, no pyplot state): one row per (training collection, base), one column per
+    metric; one line per (system, mode), the baseline dashed."""
+    settings = list(dict.fromkeys((p.train_dataset, p.base) for p in panels))
+    metrics = list(dict.fromkeys(p.metric for p in panels))
+    figure = _figure(figsize=(10, 4 * len(settings)), dpi=DPI, layout="constrained")
+    axes = figure.subplots(len(settings), len(metrics), squeeze=False)
+    for panel in panels:
+        ax = axes[settings.index((panel.train_dataset, panel.base))][metrics.index(panel.metric)]
+        counts: set[int] = set()
+        for label, points in panel.lines.items():
+            xs, ys = zip(*points, strict=True)
+            counts.update(xs)
+            ax.plot(xs, ys, marker="o", label=label)
+        if panel.baseline_value is not None:
+            ax.axhline(
+                panel.baseline_value,
+                linestyle="--",
+                color="black",
+                label=f"{panel.baseline_label} (baseline)",
+            )
+        ax.set_xticks(sorted(counts))
+        ax.set_xlabel("number of experts N")
+        ax.set_ylabel(f"{metric_label(panel.metric)} (mean of seeds, collections)")
+        ax.set_title(
+            f"{metric_label(panel.metric)}: {panel.base}\ntrained on {panel.train_dataset}", fontsize="medium"
+        )
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    figure.suptitle("In-domain effectiveness vs number of experts")
+    return figure
+
+
+def plot_metric_vs_experts(panels: Sequence[FigurePanel], path: str | Path) -> Path:
+    """`metric_vs_experts_figure(panels)` written to `path` (.png, .pdf or .svg; the whole canvas, no tight
+    crop). Returns `path`."""
+    return _save(metric_vs_experts_figure(panels), path, bbox_inches=None)

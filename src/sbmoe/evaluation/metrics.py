@@ -45,6 +45,8 @@ Qrels = dict[str, dict[str, int]]
 
 METRICS: tuple[str, ...] = ("ndcg@10", "recall@100", "mrr@10", "map@100", "p@1", "ndcg@3")
 """The paper's six metrics, in the order of its tables."""
+METRIC_LABELS = {"ndcg": "nDCG", "recall": "Recall", "map": "MAP", "mrr": "MRR", "p": "P"}
+"""How tables and figures name each metric family."""
 
 _FAMILIES: dict[str, Any] = {"ndcg": nDCG, "recall": R, "mrr": RR, "map": AP, "p": P}
 _METRIC_NAME = re.compile(r"(ndcg|recall|mrr|map|p)@(\d+)")
@@ -69,6 +71,12 @@ class MetricResult:
     def to_json(self) -> dict[str, Any]:
         """``{"ndcg@10": .., ..., "num_queries": n, "per_query": {metric: {query id: value}}}``."""
         return {**self.aggregate, "num_queries": self.num_queries, "per_query": self.per_query}
+
+
+def metric_label(metric: str) -> str:
+    """ "ndcg@10" -> "nDCG@10", "recall@100" -> "Recall@100"; unknown names are returned unchanged."""
+    name, at, cutoff = metric.partition("@")
+    return METRIC_LABELS.get(name, name) + at + cutoff
 
 
 def _canonical_name(name: str) -> tuple[str, str, int]:

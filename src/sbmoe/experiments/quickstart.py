@@ -15,8 +15,9 @@ from typing import Any
 
 from sbmoe.analysis.analyze import AnalyzeSettings, analyze
 from sbmoe.experiments.config import build_experiment_config
-from sbmoe.experiments.report import build_report, write_report
+from sbmoe.experiments.render import write_report
 from sbmoe.experiments.runner import plan_runs, run_experiment
+from sbmoe.experiments.tables import build_report
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,6 @@
-"""Reading an experiment folder: the lines of results.jsonl, the metrics files they name, and the system row
-(label, number of experts, routing mode) each line belongs to.
+"""Reading an experiment folder: the lines of results.jsonl, the metrics files they name (and their
+per-query values), the name and command in experiment.json, and the system row (label, number of experts,
+routing mode) each line belongs to.
 
 The line format is described in `sbmoe.experiments`. A line's `system` is the grid's label for a block
 design: one of the systems (`finetune`, `sbmoe-learned`, ...) or any label the grid gave one (`cluster`,
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,8 +180,49 @@ class MetricsFiles:
             self._files[metrics_file] = data
         return self._files[metrics_file]
 
+    def per_query(self, metrics_file: str, metric: str) -> dict[str, float]:
+        """query id -> value of `metric`, from the file's "per_query" (the input of significance tests).
+        Raises DataError when the file has no per-query values, or none of `metric`."""
+        per_query = self.get(metrics_file).get("per_query")
+        if not isinstance(per_query, dict):
+            raise DataError(self.path(metrics_file), "no per_query values: significance tests need them")
+        values = per_query.get(metric)
+        if not isinstance(values, dict):
+            raise DataError(self.path(metrics_file), f"per_query has no {metric!r} values")
+        return values
+
+
+def per_query_mean(records: Sequence[dict], metric: str, files: MetricsFiles) -> dict[str, float]:
+    """query id -> `metric` averaged over the records (one per seed); the queries present in every seed."""
+    tables = [files.per_query(r["metrics_file"], metric) for r in records]
+    common = set(tables[0]).intersection(*tables[1:])
+    if any(len(t) != len(common) for t in tables):
+        logger.warning(
+            "the seeds of %s differ in their queries; using the %d shared", records[0]["run_id"], len(common)
+        )
+    return {qid: sum(float(t[qid]) for t in tables) / len(tables) for qid in common}
+
+
+def read_experiment(folder: Path) -> tuple[str | None, str | None]:
+    """(experiment name, command) from DIR/experiment.json; (None, None) when it is absent or unreadable."""
+    path = Path(folder) / "experiment.json"
+    if not path.is_file():
+        return None, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        logger.warning("%s is unreadable (%s); the report omits how the experiment was run", path, error)
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    config = data.get("config")
+    provenance = data.get("provenance")
+    name = config.get("name") if isinstance(config, dict) else data.get("name")
+    command = provenance.get("command") if isinstance(provenance, dict) else None
+    return (str(name) if name is not None else None), (str(command) if command is not None else None)
+
 
 __all__ = [
     "RESULT_KEYS", "SYSTEM_LABELS", "SYSTEM_ORDER", "MetricsFiles", "SystemRow", "deduplicate_results",
-    "load_results", "mode_label", "row_of", "system_label",
+    "load_results", "mode_label", "per_query_mean", "read_experiment", "row_of", "system_label",
 ]  # fmt: skip
