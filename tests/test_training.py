@@ -321,6 +321,7 @@ def test_paper_preset_sets_the_authors_recipe_and_flags_override_it(tmp_path):
 
 @pytest.mark.parametrize("source", ["bm25", "run"])
 def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source, monkeypatch):
+    import sbmoe.training.data as training_data
     import sbmoe.training.trainer as trainer
     from sbmoe.data import load_dataset
     from sbmoe.training.negatives import mine_bm25_negatives
@@ -349,8 +350,8 @@ def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source,
         widths.append((len(q), len(d)))
         return real_loss(q, d, *args, **kwargs)
 
-    real_batches, real_loss = trainer.epoch_batches, trainer.contrastive_loss
-    monkeypatch.setattr(trainer, "epoch_batches", spy_batches)
+    real_batches, real_loss = training_data.epoch_batches, trainer.contrastive_loss
+    monkeypatch.setattr(training_data, "epoch_batches", spy_batches)  # training_batches calls it
     monkeypatch.setattr(trainer, "contrastive_loss", spy_loss)
     output = tmp_path / "out"
     assert main(train_args(tiny_encoder, synthetic, output, "--freeze-encoder", "--epochs", "1",
@@ -380,7 +381,7 @@ def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source,
 def test_random_gate_trains_and_validates_with_per_text_routing(
     tiny_encoder, synthetic, tmp_path, monkeypatch
 ):
-    import sbmoe.training.trainer as trainer
+    import sbmoe.training.validation as validation
     from sbmoe.modeling.moe import random_experts
 
     routed = []  # each validation's (routing keys, experts) of the documents, then of the queries
@@ -390,8 +391,8 @@ def test_random_gate_trains_and_validates_with_per_text_routing(
         routed.append((kwargs.get("keys"), experts))
         return embeddings, experts
 
-    real_apply_head = trainer.apply_head
-    monkeypatch.setattr(trainer, "apply_head", spy_apply_head)
+    real_apply_head = validation.apply_head
+    monkeypatch.setattr(validation, "apply_head", spy_apply_head)
     config = config_for(tiny_encoder, synthetic, tmp_path / "run", system="random-gate", freeze_encoder=True)
     summary = train(config)
     model, _ = load_model(tmp_path / "run")
