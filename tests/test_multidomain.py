@@ -15,6 +15,7 @@ from tiny import make_synthetic_beir
 
 import sbmoe.training.trainer as trainer
 from sbmoe.cli import main
+from sbmoe.distributed import DistributedInfo
 from sbmoe.errors import SbmoeError
 from sbmoe.experiments.config import build_experiment_config
 from sbmoe.experiments.report import build_report
@@ -22,7 +23,6 @@ from sbmoe.experiments.runner import run_experiment
 from sbmoe.modeling import load_model
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import Batch, collection_names, interleave
-from sbmoe.training.distributed import DistributedInfo
 
 
 @pytest.fixture(scope="module")

@@ -184,8 +184,8 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_encode(args: argparse.Namespace) -> int:
+    from sbmoe.distributed import barrier, init_distributed
     from sbmoe.retrieval.index import merge_shards, shard_folder
-    from sbmoe.training.distributed import barrier, init_distributed
 
     overrides = ann_overrides(args, args.index_type)
     if args.merge:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from sbmoe.data import BeirDataset, load_dataset
+from sbmoe.distributed import DistributedInfo, barrier, init_distributed
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import evaluate_run
 from sbmoe.io import atomic_write_text, provenance, staged_folder, write_json
@@ -66,13 +67,10 @@ from sbmoe.training.data import (
     training_examples,
 )
 from sbmoe.training.distributed import (
-    DistributedInfo,
     all_reduce_gradients,
     all_reduce_sum,
-    barrier,
     broadcast_values,
     gather_with_grad,
-    init_distributed,
 )
 from sbmoe.training.losses import contrastive_loss, negative_mask
 from sbmoe.training.negatives import Negatives, load_negatives_run, mine_bm25_negatives
