@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tiny import make_synthetic_beir
 
 import sbmoe.training.trainer as trainer
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.distributed import DistributedInfo
 from sbmoe.errors import SbmoeError
 from sbmoe.experiments.config import build_experiment_config

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -12,10 +11,10 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
+from sbmoe.commands import main
 from sbmoe.errors import DataError, SbmoeError
 from sbmoe.experiments.report import (
     SystemRow,
-    add_report_parser,
     build_report,
     compare_systems,
     load_results,
@@ -292,10 +291,7 @@ def test_bad_arguments(experiment):
 
 
 def test_cli_handler(experiment, capsys):
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(experiment), "--metrics", "ndcg@10", "--baseline", "finetune"])
-    assert args.handler(args) == 0
+    assert main(["report", str(experiment), "--metrics", "ndcg@10", "--baseline", "finetune"]) == 0
     out = capsys.readouterr().out
     assert "2 of 7 comparisons significant" in out
     assert str(experiment / "report" / "report.md") in out
@@ -514,12 +510,8 @@ def test_free_labels_in_tables(tmp_path):
 
 def test_compare_free_labels(tmp_path, capsys):
     folder = make_grid(tmp_path / "grid")
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["report", str(folder), "--metrics", "ndcg@10", "--compare", "cluster", "cluster-null"]
-    )
-    assert args.handler(args) == 0
+    argv = ["report", str(folder), "--metrics", "ndcg@10", "--compare", "cluster", "cluster-null"]
+    assert main(argv) == 0
     text = (folder / "report" / "compare-cluster-vs-cluster-null.md").read_text()
     assert text.startswith("# cluster vs cluster-null") and text in capsys.readouterr().out
     # No shared N (4 vs 3): paired across N, on the mode both have; scifact and arguana.

@@ -1,0 +1,150 @@
+"""Flags and helpers shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from sbmoe.errors import SbmoeError
+
+ANN_FLAGS = {  # flag destination -> (index type, setting name)
+    "hnsw_m": ("hnsw", "m"),
+    "ef_construction": ("hnsw", "ef_construction"),
+    "ef_search": ("hnsw", "ef_search"),
+    "nlist": ("ivfpq", "nlist"),
+    "pq_m": ("ivfpq", "pq_m"),
+    "nbits": ("ivfpq", "nbits"),
+    "nprobe": ("ivfpq", "nprobe"),
+    "refine": ("ivfpq", "refine"),
+}
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="folder of BEIR collections (default: $SBMOE_DATA)")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def add_dtype_argument(parser: argparse.ArgumentParser, default: str | None = "float32") -> None:
+    """--dtype: the encoder's compute precision (`sbmoe.modeling.precision`). default None: not given
+    (a config file or the settings' own default decides, float32)."""
+    from sbmoe.modeling.precision import DTYPES
+
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=default,
+        help="encoder precision: bfloat16 runs under autocast (weights, routing and embeddings stay "
+        "float32); auto = bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it, else float32 "
+        f"(default: {default or 'float32'})",
+    )
+
+
+def add_index_type_arguments(parser: argparse.ArgumentParser) -> None:
+    """--index-type and the settings of the approximate types (see `ann_overrides`)."""
+    group = parser.add_argument_group("index type")
+    group.add_argument("--index-type", choices=["exact", "hnsw", "ivfpq"], default="exact")
+    group.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
+    group.add_argument("--ef-construction", type=int, help="hnsw: build-time beam (default 100)")
+    group.add_argument("--ef-search", type=int, help="hnsw: search-time beam (default 128)")
+    group.add_argument("--nlist", type=int, help="ivfpq: inverted lists (default ~sqrt(N))")
+    group.add_argument(
+        "--pq-m", type=int, help="ivfpq: sub-quantizers, must divide the dimension (default H/8)"
+    )
+    group.add_argument("--nbits", type=int, help="ivfpq: bits per sub-quantizer code (default 8)")
+    group.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default 16)")
+    group.add_argument(
+        "--refine",
+        type=int,
+        help="ivfpq: re-score the top R x k exactly from the embeddings (default 4; 0: off)",
+    )
+
+
+def ann_overrides(args: argparse.Namespace, index_type: str) -> dict[str, Any]:
+    """The index-type flags given, as settings of `index_type`; a flag of another type is an error."""
+    overrides = {}
+    for dest, (flag_type, setting) in ANN_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        flag = "--" + dest.replace("_", "-")
+        if flag_type != index_type:
+            raise SbmoeError(f"{flag} applies to --index-type {flag_type}, not {index_type}")
+        if value < (0 if setting == "refine" else 1):
+            raise SbmoeError(f"{flag} must be a positive integer, got {value}")
+        overrides[setting] = value
+    return overrides
+
+
+def add_encoder_overrides(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pooling", choices=["mean", "cls"], help="override the base's pooling")
+    parser.add_argument(
+        "--normalize", type=parse_bool, metavar="{true,false}", help="override L2 normalisation"
+    )
+    parser.add_argument("--query-max-length", type=int)
+    parser.add_argument("--document-max-length", type=int)
+
+
+def encoder_overrides(args: argparse.Namespace) -> dict:
+    return {
+        "pooling": args.pooling,
+        "normalize": args.normalize,
+        "query_max_length": args.query_max_length,
+        "document_max_length": args.document_max_length,
+    }
+
+
+def add_block_arguments(parser: argparse.ArgumentParser, **overrides: dict) -> None:
+    """One flag per `BlockSettings` field: help from its metadata with the default shown, allowed values as
+    the metavar, booleans as --x/--no-x. Every flag defaults to None (not given), so the value comes from a
+    config file or the field's default; values are checked by `BlockSettings`, which names the field.
+
+    overrides: per field name, add_argument keywords to replace (e.g. a longer help).
+    """
+    from dataclasses import fields
+
+    from sbmoe.modeling.settings import BlockSettings
+
+    hints = typing.get_type_hints(BlockSettings)
+    group = parser.add_argument_group("MoE block (saved in the model's config.json)")
+    for spec in fields(BlockSettings):
+        kind = next(
+            t for t in (typing.get_args(hints[spec.name]) or (hints[spec.name],)) if t is not type(None)
+        )
+        choices = spec.metadata.get("choices")
+        default = spec.metadata.get("null", "null") if spec.default is None else spec.default
+        default = str(default).lower() if kind is bool else default
+        options: dict = {"default": None, "help": f"{spec.metadata['help']} (default: {default})"}
+        if kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+        else:
+            options["type"] = kind
+            if choices:
+                options["metavar"] = "{" + ",".join(choices) + "}"
+        options.update(overrides.get(spec.name, {}))
+        group.add_argument("--" + spec.name.replace("_", "-"), **options)
+
+
+def given_block_settings(args: argparse.Namespace) -> dict:
+    """The block settings given on the command line (None = not given)."""
+    from sbmoe.modeling.settings import BLOCK_FIELDS
+
+    return {name: getattr(args, name) for name in BLOCK_FIELDS if getattr(args, name) is not None}
+
+
+def build(factory: Callable, **kwargs):
+    """Build a settings object; its validation errors are user errors."""
+    try:
+        return factory(**kwargs)
+    except ValueError as error:
+        raise SbmoeError(str(error)) from error
