@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from sbmoe.errors import SbmoeError
+from sbmoe.fields import setting
+from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -29,22 +31,18 @@ PROJECTION_CHOICES = ("pca", "tsne")
 class AnalyzeSettings:
     """What `sbmoe analyze` does."""
 
-    model: str  # an SB-MoE model folder
-    dataset: str  # collection name (under data_dir) or folder
-    split: str = "test"  # qrels split whose judged queries are analysed
-    data_dir: str | None = None
-    output_dir: str | None = None  # default runs/analyze/<dataset>-<split>-<model folder name>
-    projection: str = "pca"  # the document map: "pca" or "tsne"
-    max_points: int = 2000  # documents drawn on the map (and given to t-SNE)
-    batch_size: int = 32
-    progress: bool = True
-    dtype: str = (
-        "float32"  # the encoder's compute dtype: float32, bfloat16 or auto (sbmoe.modeling.precision)
-    )
+    model: str = setting(help="SB-MoE model folder")
+    dataset: str = setting(help="collection name (under --data-dir) or folder")
+    split: str = setting("test", "qrels split whose judged queries are routed")
+    data_dir: str | None = setting(None, "folder of BEIR collections", null="$SBMOE_DATA")
+    output_dir: str | None = setting(None, "where results go", null="runs/analyze/DATASET-SPLIT-MODEL")
+    projection: str = setting("pca", "document map: pca or tsne (slower)", PROJECTION_CHOICES)
+    max_points: int = setting(2000, "documents drawn on the map (and given to t-SNE)")
+    batch_size: int = setting(32, "texts per forward pass")
+    progress: bool = setting(True, "progress bars")
+    dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
 
     def __post_init__(self) -> None:
-        from sbmoe.modeling.precision import DTYPES
-
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         for field in ("model", "dataset", "split"):

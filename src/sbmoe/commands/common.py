@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -38,22 +37,22 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 def add_dtype_argument(parser: argparse.ArgumentParser, default: str | None = "float32") -> None:
     """--dtype: the encoder's compute precision (`sbmoe.modeling.precision`). default None: not given
     (a config file or the settings' own default decides, float32)."""
-    from sbmoe.modeling.precision import DTYPES
+    from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
 
     parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=default,
-        help="encoder precision: bfloat16 runs under autocast (weights, routing and embeddings stay "
-        "float32); auto = bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it, else float32 "
-        f"(default: {default or 'float32'})",
+        "--dtype", choices=DTYPES, default=default, help=f"{DTYPE_HELP} (default: {default or 'float32'})"
     )
 
 
 def add_index_type_arguments(parser: argparse.ArgumentParser) -> None:
     """--index-type and the settings of the approximate types (see `ann_overrides`)."""
     group = parser.add_argument_group("index type")
-    group.add_argument("--index-type", choices=["exact", "hnsw", "ivfpq"], default="exact")
+    group.add_argument(
+        "--index-type",
+        choices=["exact", "hnsw", "ivfpq"],
+        default="exact",
+        help="exact search, or an approximate faiss index (default: exact)",
+    )
     group.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
     group.add_argument("--ef-construction", type=int, help="hnsw: build-time beam (default 100)")
     group.add_argument("--ef-search", type=int, help="hnsw: search-time beam (default 128)")
@@ -102,44 +101,6 @@ def encoder_overrides(args: argparse.Namespace) -> dict:
         "query_max_length": args.query_max_length,
         "document_max_length": args.document_max_length,
     }
-
-
-def add_block_arguments(parser: argparse.ArgumentParser, **overrides: dict) -> None:
-    """One flag per `BlockSettings` field: help from its metadata with the default shown, allowed values as
-    the metavar, booleans as --x/--no-x. Every flag defaults to None (not given), so the value comes from a
-    config file or the field's default; values are checked by `BlockSettings`, which names the field.
-
-    overrides: per field name, add_argument keywords to replace (e.g. a longer help).
-    """
-    from dataclasses import fields
-
-    from sbmoe.modeling.settings import BlockSettings
-
-    hints = typing.get_type_hints(BlockSettings)
-    group = parser.add_argument_group("MoE block (saved in the model's config.json)")
-    for spec in fields(BlockSettings):
-        kind = next(
-            t for t in (typing.get_args(hints[spec.name]) or (hints[spec.name],)) if t is not type(None)
-        )
-        choices = spec.metadata.get("choices")
-        default = spec.metadata.get("null", "null") if spec.default is None else spec.default
-        default = str(default).lower() if kind is bool else default
-        options: dict = {"default": None, "help": f"{spec.metadata['help']} (default: {default})"}
-        if kind is bool:
-            options["action"] = argparse.BooleanOptionalAction
-        else:
-            options["type"] = kind
-            if choices:
-                options["metavar"] = "{" + ",".join(choices) + "}"
-        options.update(overrides.get(spec.name, {}))
-        group.add_argument("--" + spec.name.replace("_", "-"), **options)
-
-
-def given_block_settings(args: argparse.Namespace) -> dict:
-    """The block settings given on the command line (None = not given)."""
-    from sbmoe.modeling.settings import BLOCK_FIELDS
-
-    return {name: getattr(args, name) for name in BLOCK_FIELDS if getattr(args, name) is not None}
 
 
 def build(factory: Callable, **kwargs):

@@ -18,10 +18,12 @@ import numpy as np
 from sbmoe.data import load_dataset
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
+from sbmoe.fields import setting
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
-from sbmoe.modeling.precision import DTYPES, dtype_name, resolve_dtype
+from sbmoe.modeling.pooling import POOLING_METHODS
+from sbmoe.modeling.precision import DTYPE_HELP, DTYPES, dtype_name, resolve_dtype
 from sbmoe.retrieval.ann import INDEX_TYPES, ann_search, ann_settings, build_ann_index, recall_against_exact
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
@@ -42,30 +44,42 @@ SELF_HIT_CHOICES = ("auto", "yes", "no")
 class EvaluateSettings:
     """What `sbmoe evaluate` does. None for a model setting keeps the model's own value."""
 
-    model: str
-    dataset: str
-    split: str = "test"
-    data_dir: str | None = None
-    output_dir: str | None = None
-    batch_size: int = 32
-    top_k: int = 1000
-    drop_self_hits: str = "auto"
-    backend: str = "torch"
-    pooling: str | None = None
-    normalize: bool | None = None
-    query_max_length: int | None = None
-    document_max_length: int | None = None
-    cache_dir: str | None = None
-    use_cache: bool = True
-    progress: bool = True
-    trust_remote_code: bool = False
-    modes: tuple[str, ...] | None = None
-    per_mode_folders: bool | None = None  # OUT/<mode>/ for each mode; None: only when several modes
-    index_type: str = "exact"  # or hnsw / ivfpq: searched approximately, recall against exact reported
-    index_settings: dict[str, Any] | None = None  # settings of the approximate index (see ann_settings)
-    dtype: str = (
-        "float32"  # the encoder's compute dtype: float32, bfloat16 or auto (sbmoe.modeling.precision)
+    model: str = setting(help="SB-MoE folder, encoder folder, hub id, or minilm-l6")
+    dataset: str = setting(help="collection name (under --data-dir) or folder")
+    split: str = setting("test", "qrels split")
+    data_dir: str | None = setting(None, "folder of BEIR collections", null="$SBMOE_DATA")
+    output_dir: str | None = setting(None, "where results go", null="runs/evaluate/DATASET-SPLIT-MODEL")
+    batch_size: int = setting(32, "texts per forward pass")
+    top_k: int = setting(1000, "hits per query in the run")
+    drop_self_hits: str = setting(
+        "auto",
+        "drop hits whose doc id equals the query id; auto = only where queries are corpus documents",
+        SELF_HIT_CHOICES,
     )
+    backend: str = setting("torch", "exact search backend", BACKENDS)
+    pooling: str | None = setting(None, "override the model's pooling", POOLING_METHODS, null="the model's")
+    normalize: bool | None = setting(None, "override L2 normalisation", null="the model's")
+    query_max_length: int | None = setting(None, "override the queries' max tokens", null="the model's")
+    document_max_length: int | None = setting(None, "override the documents' max tokens", null="the model's")
+    cache_dir: str | None = setting(None, "embedding cache", null="$SBMOE_CACHE or ~/.cache/sbmoe")
+    use_cache: bool = setting(True, "read and write cached embeddings")
+    progress: bool = setting(True, "progress bars")
+    trust_remote_code: bool = setting(False, "allow a model's own code to run")
+    modes: tuple[str, ...] | None = setting(
+        None,
+        "SB-MoE routing modes, encoded once, one result folder per mode",
+        null="the model's default_mode",
+    )
+    per_mode_folders: bool | None = setting(
+        None, "results in OUT/<mode>/ for each mode", null="only when several modes"
+    )
+    index_type: str = setting(
+        "exact", "exact search, or an approximate index with its recall against exact reported", INDEX_TYPES
+    )
+    index_settings: dict[str, Any] | None = setting(
+        None, "settings of the approximate index (see ann_settings)", null="its defaults"
+    )
+    dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
