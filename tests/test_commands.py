@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import os
+import subprocess
+import sys
 from dataclasses import MISSING, fields
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +16,10 @@ from sbmoe.analysis.analyze import AnalyzeSettings
 from sbmoe.commands import build_parser
 from sbmoe.commands.train import training_config
 from sbmoe.evaluation.evaluate import EvaluateSettings
+from sbmoe.progress import progress_bar
 from sbmoe.training.config import TrainingConfig
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")
 # Fields with a flag of another name (or none): every other field is --field-name.
 OTHER_FLAGS = {
     "train": {"progress": "--no-progress"},
@@ -75,3 +83,44 @@ def test_train_flags_override_the_config_file_only_where_given(tmp_path):
     assert (resolved.symmetric, resolved.freeze_encoder, resolved.batch_size) == (False, True, 4)
     assert (resolved.num_experts, resolved.random_gate_seed) == (2, 5)
     assert resolved.epochs == 60  # the frozen regime's default: the file's freeze_encoder still applies
+
+
+@pytest.mark.parametrize(
+    ("argv", "level"),
+    [
+        (["data", "list"], logging.INFO),
+        (["-v", "data", "list"], logging.DEBUG),
+        (["data", "list", "-v"], logging.DEBUG),
+        (["data", "list", "--quiet"], logging.WARNING),
+        (["-q", "evaluate", "--model", "m", "--dataset", "d"], logging.WARNING),
+        (["evaluate", "--model", "m", "--dataset", "d", "--verbose"], logging.DEBUG),
+        (["train", "-q"], logging.WARNING),
+    ],
+)
+def test_verbose_and_quiet_before_or_after_the_subcommand(argv, level):
+    assert build_parser().parse_args(argv).log_level == level
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bars_only_on_a_terminal_and_never_when_switched_off(monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    assert progress_bar(range(3), file=io.StringIO()).disable  # not a terminal
+    assert not progress_bar(range(3), file=Terminal()).disable
+    assert progress_bar(range(3), file=Terminal(), progress=False).disable
+
+
+def test_tqdm_disable_hides_progress_bars_even_on_a_terminal():
+    code = (
+        "import io\n"
+        "from sbmoe.progress import progress_bar\n"
+        "class Terminal(io.StringIO):\n"
+        "    isatty = lambda self: True\n"
+        "print(progress_bar(range(3), file=Terminal()).disable)\n"
+    )  # tqdm reads TQDM_DISABLE when it is imported: a new process
+    env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "True"

@@ -24,6 +24,7 @@ from sbmoe.commands import (
     retrieval,
     train,
 )
+from sbmoe.commands.common import add_verbosity
 from sbmoe.errors import SbmoeError
 
 logger = logging.getLogger("sbmoe")
@@ -72,16 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sbmoe", description="Dense retrieval with a single-block mixture of experts."
     )
     parser.add_argument("--version", action="version", version=f"sbmoe {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_verbosity(parser, default=logging.INFO)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_arguments, help) in COMMANDS.items():
-        add_arguments(commands.add_parser(name, help=help))
+        subcommand = commands.add_parser(name, help=help)
+        add_verbosity(subcommand)
+        add_arguments(subcommand)
     return parser
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure_logging(level: int) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
+        level=level,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -96,7 +99,7 @@ def _configure_logging(verbose: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _configure_logging(args.verbose)
+    _configure_logging(args.log_level)
     try:
         return args.handler(args)
     except SbmoeError as error:

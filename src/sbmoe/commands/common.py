@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +28,22 @@ def parse_bool(text: str) -> bool:
     if lowered in ("false", "no", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_verbosity(parser: argparse.ArgumentParser, default: Any = argparse.SUPPRESS) -> None:
+    """-v/--verbose (debug logging) and -q/--quiet (warnings and errors only), into `log_level`.
+
+    default: the level when neither is given. A subcommand's flags default to SUPPRESS (not set), so that
+    `sbmoe -v evaluate` keeps the -v given before the subcommand."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-v", "--verbose", dest="log_level", action="store_const", const=logging.DEBUG, default=default,
+        help="debug logging",
+    )  # fmt: skip
+    group.add_argument(
+        "-q", "--quiet", dest="log_level", action="store_const", const=logging.WARNING, default=default,
+        help="warnings and errors only",
+    )  # fmt: skip
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from sbmoe.commands.common import add_common
+from sbmoe.commands.common import add_common, add_verbosity
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate}")
     listing = actions.add_parser("list", help="collections found under --data-dir / $SBMOE_DATA")
+    add_verbosity(listing)
     add_common(listing)
     listing.set_defaults(handler=run_list)
     validate = actions.add_parser("validate", help="read a collection fully and report counts and problems")
+    add_verbosity(validate)
     validate.add_argument("dataset", help="collection name or folder")
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
     add_common(validate)

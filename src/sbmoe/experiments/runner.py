@@ -15,13 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.evaluate import EvaluateSettings, evaluate, mode_folder
 from sbmoe.experiments.config import SYSTEM_TRAINING, ExperimentConfig, init_from_label
 from sbmoe.io import atomic_write_text, provenance, write_json
 from sbmoe.modeling import load_model
+from sbmoe.progress import progress_bar
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import collection_names
 from sbmoe.training.trainer import train
@@ -93,7 +92,7 @@ def run_experiment(
     runs = plan_runs(config)
     finished = sum((output / "runs" / run.run_id / "done.json").is_file() for run in runs)
     logger.info("Experiment %s: %d runs, %d already finished", config.name, len(runs), finished)
-    bar = tqdm(runs, desc=f"Experiment {config.name}", unit="run", disable=not progress)
+    bar = progress_bar(runs, desc=f"Experiment {config.name}", unit="run", progress=progress)
     for run in bar:
         folder = output / "runs" / run.run_id
         if (folder / "done.json").is_file():

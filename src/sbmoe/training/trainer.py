@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
 from sbmoe.data import BeirDataset, load_dataset
@@ -45,6 +44,7 @@ from sbmoe.modeling.block_init import init_prototypes, upcycle
 from sbmoe.modeling.loading import is_sbmoe_folder
 from sbmoe.modeling.moe import noise_weight as routing_noise_weight
 from sbmoe.modeling.precision import encoder_autocast, resolve_dtype
+from sbmoe.progress import progress_bar
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
     apply_head,
@@ -184,9 +184,9 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     while state.epoch < config.epochs and not state.stopped_early:
         batches = _batches(config, data, state.epoch, info.world_size)
         model.train()
-        bar = tqdm(
+        bar = progress_bar(
             total=len(batches), initial=state.step_in_epoch, desc=f"Epoch {state.epoch + 1}/{config.epochs}",
-            unit="step", disable=not (config.progress and info.is_main),
+            unit="step", progress=config.progress and info.is_main,
         )  # fmt: skip
         for batch in batches[state.step_in_epoch :]:
             started = time.perf_counter()
