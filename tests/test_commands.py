@@ -124,3 +124,24 @@ def test_tqdm_disable_hides_progress_bars_even_on_a_terminal():
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": SRC}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--help"], ["evaluate", "--help"], ["analyze", "--help"], ["data", "list"]]
+)
+def test_help_and_light_commands_import_no_heavy_library(argv, tmp_path):
+    """`sbmoe --help` and `sbmoe evaluate --help` stay fast: no torch, transformers or numpy (nor does
+    `import sbmoe`); the library is imported by the handler that needs it."""
+    code = (
+        "import sys\n"
+        "import sbmoe\n"
+        "from sbmoe.commands import main\n"
+        "try:\n"
+        f"    main({[*argv, '--data-dir', str(tmp_path)] if argv[0] == 'data' else argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'numpy'}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": SRC}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from sbmoe.commands import (
     analyze,
@@ -66,7 +67,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The `sbmoe` parser. commands: the subcommands to build whole (None: all); the others get only their
+    name and help line, which is all `sbmoe --help` shows, so that parsing imports one command's settings."""
     from sbmoe import __version__
 
     parser = argparse.ArgumentParser(
@@ -74,31 +77,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"sbmoe {__version__}")
     add_verbosity(parser, default=logging.INFO)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (add_arguments, help) in COMMANDS.items():
-        subcommand = commands.add_parser(name, help=help)
-        add_verbosity(subcommand)
-        add_arguments(subcommand)
+        subcommand = subparsers.add_parser(name, help=help)
+        if commands is None or name in commands:
+            add_verbosity(subcommand)
+            add_arguments(subcommand)
     return parser
 
 
 def _configure_logging(level: int) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    import transformers
-
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports which CPU build it chose
-    # The library's load reports and weight-loading bars are noise for a CLI user.
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
+    # The library's load reports and weight-loading bars are noise for a CLI user. Told through the
+    # environment transformers reads when it is imported, so that a command that loads no model does not
+    # pay for importing it.
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    else:
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # The first word that is not an option names the command: no option before it takes a value.
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(commands=[command] if command else []).parse_args(argv)
     _configure_logging(args.log_level)
     try:
         return args.handler(args)

@@ -63,10 +63,12 @@ def add_dtype_argument(parser: argparse.ArgumentParser, default: str | None = "f
 
 def add_index_type_arguments(parser: argparse.ArgumentParser) -> None:
     """--index-type and the settings of the approximate types (see `ann_overrides`)."""
+    from sbmoe.retrieval.choices import INDEX_TYPES
+
     group = parser.add_argument_group("index type")
     group.add_argument(
         "--index-type",
-        choices=["exact", "hnsw", "ivfpq"],
+        choices=INDEX_TYPES,
         default="exact",
         help="exact search, or an approximate faiss index (default: exact)",
     )

@@ -9,7 +9,7 @@ from sbmoe.commands.flags import add_settings_arguments, flag_values
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from sbmoe.evaluation.evaluate import EvaluateSettings
+    from sbmoe.evaluation.settings import EvaluateSettings
 
     add_settings_arguments(
         parser,
@@ -34,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sbmoe.evaluation.evaluate import EvaluateSettings, evaluate, format_table
+    from sbmoe.evaluation.evaluate import evaluate, format_table
+    from sbmoe.evaluation.settings import EvaluateSettings
 
     settings = build(
         EvaluateSettings,

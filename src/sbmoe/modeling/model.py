@@ -114,3 +114,7 @@ class SBMoEModel(PreTrainedModel):
         pooled = self.pool(input_ids, attention_mask, token_type_ids)
         keys = routing_keys(input_ids, attention_mask) if self.moe is not None else None
         return self.head(pooled, mode, keys, noise)
+
+
+# `AutoModel.from_pretrained(folder)` returns an SBMoEModel for an SB-MoE folder once this module is imported.
+AutoModel.register(SBMoEConfig, SBMoEModel)

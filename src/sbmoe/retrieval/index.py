@@ -40,13 +40,13 @@ from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.precision import dtype_name
 from sbmoe.progress import progress_bar
 from sbmoe.retrieval.ann import (
-    INDEX_TYPES,
     ann_search,
     ann_settings,
     build_ann_index,
     load_ann_index,
     save_ann_index,
 )
+from sbmoe.retrieval.choices import INDEX_TYPES
 from sbmoe.retrieval.encode import CHUNK_SIZE, embed_chunk, model_fingerprint
 from sbmoe.retrieval.search import exact_search
 

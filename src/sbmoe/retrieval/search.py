@@ -11,11 +11,11 @@ import torch
 
 from sbmoe.errors import SbmoeError
 from sbmoe.progress import progress_bar
+from sbmoe.retrieval.choices import BACKENDS
 
 logger = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
-BACKENDS = ("torch", "faiss")
 DEFAULT_MAX_SCORE_BYTES = 256 * 2**20  # the score block's size; peak memory is this plus the inputs
 
 
