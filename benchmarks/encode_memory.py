@@ -57,7 +57,7 @@ def prepare(work: Path, sizes: list[int]) -> None:
     """The one-layer encoder, its SB-MoE wrapping, and the synthetic corpora (kept between runs)."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from sbmoe.cli import main as sbmoe
+    from sbmoe.commands import main as sbmoe
     from sbmoe.data.synthetic import write_synthetic_collection
     from sbmoe.modeling.loading import resolve_model_name
 

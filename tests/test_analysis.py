@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 from tiny import figure_format_of
 
-from sbmoe.analysis.analyze import AnalyzeSettings, add_analyze_parser, analyze
+from sbmoe.analysis.analyze import AnalyzeSettings, analyze
 from sbmoe.analysis.plots import plot_embedding_map, plot_expert_shares
 from sbmoe.analysis.routing import (
     active_experts,
@@ -21,6 +20,7 @@ from sbmoe.analysis.routing import (
     routing_summary,
     shared_expert_rate,
 )
+from sbmoe.commands import main
 from sbmoe.errors import SbmoeError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -283,14 +283,9 @@ def test_analyze_settings_name_the_bad_field(field, value):
 
 
 def test_analyze_command_prints_a_summary(tiny_sbmoe, tiny_beir, tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    add_analyze_parser(parser.add_subparsers())
     out = tmp_path / "analysis"
-    args = parser.parse_args(
-        ["analyze", "--model", str(tiny_sbmoe), "--dataset", str(tiny_beir), "--output-dir", str(out)]
-        + ["--projection", "tsne", "--no-progress"]
-    )
-    assert args.handler(args) == 0
+    argv = ["analyze", "--model", str(tiny_sbmoe), "--dataset", str(tiny_beir), "--output-dir", str(out)]
+    assert main([*argv, "--projection", "tsne", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "activated" in printed and "chance" in printed and str(out / "routing.json") in printed
     assert_png(out / "document_map.png")
@@ -298,14 +293,9 @@ def test_analyze_command_prints_a_summary(tiny_sbmoe, tiny_beir, tmp_path, capsy
 
 @pytest.mark.parametrize("figure_format", ["pdf", "svg"])
 def test_analyze_command_writes_figures_in_the_chosen_format(tiny_sbmoe, tiny_beir, tmp_path, figure_format):
-    parser = argparse.ArgumentParser()
-    add_analyze_parser(parser.add_subparsers())
     out = tmp_path / "analysis"
-    args = parser.parse_args(
-        ["analyze", "--model", str(tiny_sbmoe), "--dataset", str(tiny_beir), "--output-dir", str(out)]
-        + ["--figure-format", figure_format, "--no-progress"]
-    )
-    assert args.handler(args) == 0
+    argv = ["analyze", "--model", str(tiny_sbmoe), "--dataset", str(tiny_beir), "--output-dir", str(out)]
+    assert main([*argv, "--figure-format", figure_format, "--no-progress"]) == 0
     figures = sorted(p.name for p in out.iterdir() if p.name != "routing.json")
     assert figures == [f"document_map.{figure_format}", f"expert_shares.{figure_format}"]
     assert all(figure_format_of((out / name).read_bytes()) == figure_format for name in figures)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tiny import make_synthetic_beir
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.data import load_dataset, validate_dataset
 
 

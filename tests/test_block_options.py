@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tiny import make_synthetic_beir, make_tiny_encoder
 
 from sbmoe.analysis.routing import expert_counts, expert_shares
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.modeling import build_model, load_model, save_model
 from sbmoe.modeling.block_init import balanced_assignment, init_prototypes, upcycle
 from sbmoe.modeling.moe import SBMoEBlock, noise_weight

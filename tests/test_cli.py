@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.evaluation.metrics import METRICS
 from sbmoe.retrieval.trec import read_trec_run
 

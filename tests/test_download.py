@@ -126,7 +126,7 @@ def test_the_known_list_covers_the_papers_collections():
 
 
 def test_cli_lists_and_refuses_without_a_data_dir(monkeypatch, capsys):
-    from sbmoe.cli import main
+    from sbmoe.commands import main
 
     assert main(["data", "download", "--list"]) == 0
     assert "scifact" in capsys.readouterr().out

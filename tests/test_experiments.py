@@ -123,7 +123,7 @@ def test_bad_grid_is_refused_before_any_run(tiny_encoder, collections, tmp_path,
 def test_experiment_cli_dry_run_and_bad_config_exit_codes(tiny_encoder, collections, tmp_path, capsys):
     import yaml
 
-    from sbmoe.cli import main
+    from sbmoe.commands import main
 
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid(tiny_encoder, collections)))
@@ -142,7 +142,7 @@ def test_shipped_configs_are_valid(name):
 
 
 def test_quickstart_end_to_end_on_a_tiny_model(tiny_encoder, collections, tmp_path, capsys):
-    from sbmoe.cli import main
+    from sbmoe.commands import main
 
     out = tmp_path / "quick"
     argv = ["quickstart", "--base", str(tiny_encoder), "--dataset", "alpha", "--data-dir", str(collections)]
@@ -209,7 +209,7 @@ def test_init_from_a_label_is_checked_with_the_grid(tiny_encoder, collections, s
 def test_a_grid_is_completed_seed_by_seed(tiny_encoder, collections, tmp_path, capsys):
     import yaml
 
-    from sbmoe.cli import main
+    from sbmoe.commands import main
 
     raw = grid(tiny_encoder, collections, systems={"zero-shot": {}, "adapter": {}})
     path = tmp_path / "grid.yaml"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.errors import SbmoeError
 from sbmoe.modeling import build_model, load_model
 from sbmoe.modeling.loading import save_model

@@ -15,7 +15,7 @@ import pytest
 import torch
 from tiny import WORDS
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.data.synthetic import synthetic_vectors, write_synthetic_collection
 from sbmoe.errors import SbmoeError
 from sbmoe.modeling import load_model

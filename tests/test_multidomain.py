@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from tiny import make_synthetic_beir
 
 import sbmoe.training.trainer as trainer
-from sbmoe.cli import main
+from sbmoe.commands import main
+from sbmoe.distributed import DistributedInfo
 from sbmoe.errors import SbmoeError
 from sbmoe.experiments.config import build_experiment_config
 from sbmoe.experiments.report import build_report
@@ -22,7 +23,6 @@ from sbmoe.experiments.runner import run_experiment
 from sbmoe.modeling import load_model
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import Batch, collection_names, interleave, load_training_data, training_batches
-from sbmoe.training.distributed import DistributedInfo
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tiny import make_synthetic_beir
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.errors import SbmoeError
 from sbmoe.experiments.config import build_experiment_config
 from sbmoe.modeling import load_model

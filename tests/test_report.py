@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -13,11 +12,11 @@ import pytest
 from scipy import stats
 from tiny import figure_format_of
 
+from sbmoe.commands import main
 from sbmoe.errors import DataError, SbmoeError
 from sbmoe.experiments.comparisons import PairedTest, Pairing, paired_tests
 from sbmoe.experiments.report import (
     SystemRow,
-    add_report_parser,
     build_report,
     compare_systems,
     load_results,
@@ -285,15 +284,12 @@ def test_figure_formats(experiment, tmp_path, figure_format):
 
 
 def test_cli_figure_format(experiment, capsys):
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(experiment), "--metrics", "ndcg@10", "--figure-format", "svg"])
-    assert args.handler(args) == 0
+    assert main(["report", str(experiment), "--metrics", "ndcg@10", "--figure-format", "svg"]) == 0
     assert figure_format_of((experiment / "report" / "experts.svg").read_bytes()) == "svg"
     assert not (experiment / "report" / "experts.png").exists()
     assert str(experiment / "report" / "experts.svg") in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        parser.parse_args(["report", str(experiment), "--figure-format", "jpg"])
+        main(["report", str(experiment), "--figure-format", "jpg"])
 
 
 def test_no_figure_without_several_expert_counts(tmp_path):
@@ -338,10 +334,7 @@ def test_bad_arguments(experiment):
 
 
 def test_cli_handler(experiment, capsys):
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", str(experiment), "--metrics", "ndcg@10", "--baseline", "finetune"])
-    assert args.handler(args) == 0
+    assert main(["report", str(experiment), "--metrics", "ndcg@10", "--baseline", "finetune"]) == 0
     out = capsys.readouterr().out
     assert "2 of 7 comparisons significant" in out
     assert str(experiment / "report" / "report.md") in out
@@ -546,12 +539,8 @@ def test_free_labels_in_tables(tmp_path):
 
 def test_compare_free_labels(tmp_path, capsys):
     folder = make_grid(tmp_path / "grid")
-    parser = argparse.ArgumentParser()
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["report", str(folder), "--metrics", "ndcg@10", "--compare", "cluster", "cluster-null"]
-    )
-    assert args.handler(args) == 0
+    argv = ["report", str(folder), "--metrics", "ndcg@10", "--compare", "cluster", "cluster-null"]
+    assert main(argv) == 0
     text = (folder / "report" / "compare-cluster-vs-cluster-null.md").read_text()
     assert text.startswith("# cluster vs cluster-null") and text in capsys.readouterr().out
     # No shared N (4 vs 3): paired across N, on the mode both have; scifact and arguana.

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.modeling import SBMoEModel, build_model, load_model, save_model
 from sbmoe.retrieval.encode import apply_head, encode_pooled, text_routing_keys
 

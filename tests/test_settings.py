@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tiny import make_synthetic_beir
 
-from sbmoe.cli import build_parser, main
+from sbmoe.commands import build_parser, main
 from sbmoe.errors import SbmoeError
 from sbmoe.modeling import SBMoEConfig, build_model, load_model
 from sbmoe.modeling.settings import BLOCK_FIELDS, BlockSettings

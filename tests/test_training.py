@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from tiny import make_synthetic_beir, make_tiny_encoder
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 from sbmoe.modeling import load_model
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import Example, epoch_batches

@@ -1,5 +1,5 @@
 import sys
 
-from sbmoe.cli import main
+from sbmoe.commands import main
 
 sys.exit(main())

@@ -14,14 +14,15 @@ Corpus and query encodings go through the embedding cache, so a prior `sbmoe eva
 
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sbmoe.analysis.plots import FIGURE_FORMATS
+from sbmoe.analysis.formats import FIGURE_FORMATS
 from sbmoe.errors import SbmoeError
+from sbmoe.modeling.fields import setting
+from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -32,23 +33,19 @@ PROJECTION_CHOICES = ("pca", "tsne")
 class AnalyzeSettings:
     """What `sbmoe analyze` does."""
 
-    model: str  # an SB-MoE model folder
-    dataset: str  # collection name (under data_dir) or folder
-    split: str = "test"  # qrels split whose judged queries are analysed
-    data_dir: str | None = None
-    output_dir: str | None = None  # default runs/analyze/<dataset>-<split>-<model folder name>
-    projection: str = "pca"  # the document map: "pca" or "tsne"
-    max_points: int = 2000  # documents drawn on the map (and given to t-SNE)
-    batch_size: int = 32
-    progress: bool = True
-    dtype: str = (
-        "float32"  # the encoder's compute dtype: float32, bfloat16 or auto (sbmoe.modeling.precision)
-    )
-    figure_format: str = "png"  # of the two figures: png, pdf or svg
+    model: str = setting(help="SB-MoE model folder")
+    dataset: str = setting(help="collection name (under --data-dir) or folder")
+    split: str = setting("test", "qrels split whose judged queries are routed")
+    data_dir: str | None = setting(None, "folder of BEIR collections", null="$SBMOE_DATA")
+    output_dir: str | None = setting(None, "where results go", null="runs/analyze/DATASET-SPLIT-MODEL")
+    projection: str = setting("pca", "document map: pca or tsne (slower)", PROJECTION_CHOICES)
+    max_points: int = setting(2000, "documents drawn on the map (and given to t-SNE)")
+    batch_size: int = setting(32, "texts per forward pass")
+    progress: bool = setting(True, "progress bars")
+    dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
+    figure_format: str = setting("png", "file format of the two figures", FIGURE_FORMATS)
 
     def __post_init__(self) -> None:
-        from sbmoe.modeling.precision import DTYPES
-
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
         for field in ("model", "dataset", "split"):
@@ -234,56 +231,3 @@ def format_summary(summary: dict[str, Any]) -> str:
     )
     lines.append("  wrote " + ", ".join(summary["outputs"].values()))
     return "\n".join(lines)
-
-
-def add_analyze_parser(commands: argparse._SubParsersAction) -> None:
-    """Add `sbmoe analyze` to the CLI's subcommands."""
-    from sbmoe.retrieval.commands import add_dtype_argument
-
-    parser = commands.add_parser(
-        "analyze",
-        help="expert usage of an SB-MoE model on a collection: shares, entropy, maps",
-        description="Route the corpus and the split's judged queries; write routing.json, "
-        "expert_shares.png and document_map.png.",
-    )
-    parser.add_argument("--model", required=True, help="SB-MoE model folder")
-    parser.add_argument("--dataset", required=True, help="collection name (under --data-dir) or folder")
-    parser.add_argument(
-        "--split", default="test", help="qrels split whose queries are routed (default: test)"
-    )
-    parser.add_argument("--data-dir", help="folder of BEIR collections (default: $SBMOE_DATA)")
-    parser.add_argument("--output-dir", help="where results go (default: runs/analyze/DATASET-SPLIT-MODEL)")
-    parser.add_argument(
-        "--projection", choices=PROJECTION_CHOICES, default="pca", help="document map: pca or tsne (slower)"
-    )
-    parser.add_argument(
-        "--max-points", type=int, default=2000, help="documents drawn on the map (default: 2000)"
-    )
-    parser.add_argument("--batch-size", type=int, default=32)
-    add_dtype_argument(parser)
-    parser.add_argument(
-        "--figure-format", choices=FIGURE_FORMATS, default="png", help="figure file format (default: png)"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.set_defaults(handler=_run_analyze)
-
-
-def _run_analyze(args: argparse.Namespace) -> int:
-    try:
-        settings = AnalyzeSettings(
-            model=args.model,
-            dataset=args.dataset,
-            split=args.split,
-            data_dir=args.data_dir,
-            output_dir=args.output_dir,
-            projection=args.projection,
-            max_points=args.max_points,
-            batch_size=args.batch_size,
-            progress=not args.no_progress,
-            dtype=args.dtype,
-            figure_format=args.figure_format,
-        )
-    except ValueError as error:
-        raise SbmoeError(str(error)) from error
-    print(format_summary(analyze(settings)))
-    return 0

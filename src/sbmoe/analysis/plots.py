@@ -28,7 +28,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DPI = 150
-FIGURE_FORMATS = ("png", "pdf", "svg")
+from sbmoe.analysis.formats import FIGURE_FORMATS  # noqa: E402  (re-exported)
+
 _NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}  # metadata that would vary between runs
 PROJECTIONS = ("pca", "tsne")
 TSNE_EXACT_POINTS = 1000  # up to this many points the exact t-SNE gradient is the faster

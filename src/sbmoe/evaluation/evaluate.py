@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,13 @@ import numpy as np
 from sbmoe.data import load_dataset
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
+from sbmoe.evaluation.settings import EvaluateSettings
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
-from sbmoe.modeling.precision import DTYPES, dtype_name, resolve_dtype
+from sbmoe.modeling.precision import dtype_name, resolve_dtype
 from sbmoe.modeling.routing_stats import expert_counts
-from sbmoe.retrieval.ann import INDEX_TYPES, ann_search, ann_settings, build_ann_index, recall_against_exact
+from sbmoe.retrieval.ann import ann_search, ann_settings, build_ann_index, recall_against_exact
 from sbmoe.retrieval.encode import (
     EmbeddingCache,
     apply_head,
@@ -31,63 +32,10 @@ from sbmoe.retrieval.encode import (
     encode_cached,
     text_routing_keys,
 )
-from sbmoe.retrieval.search import BACKENDS, search, to_run
+from sbmoe.retrieval.search import search, to_run
 from sbmoe.retrieval.trec import write_trec_run
 
 logger = logging.getLogger(__name__)
-
-SELF_HIT_CHOICES = ("auto", "yes", "no")
-
-
-@dataclass
-class EvaluateSettings:
-    """What `sbmoe evaluate` does. None for a model setting keeps the model's own value."""
-
-    model: str
-    dataset: str
-    split: str = "test"
-    data_dir: str | None = None
-    output_dir: str | None = None
-    batch_size: int = 32
-    top_k: int = 1000
-    drop_self_hits: str = "auto"
-    backend: str = "torch"
-    pooling: str | None = None
-    normalize: bool | None = None
-    query_max_length: int | None = None
-    document_max_length: int | None = None
-    cache_dir: str | None = None
-    use_cache: bool = True
-    progress: bool = True
-    trust_remote_code: bool = False
-    modes: tuple[str, ...] | None = None
-    per_mode_folders: bool | None = None  # OUT/<mode>/ for each mode; None: only when several modes
-    index_type: str = "exact"  # or hnsw / ivfpq: searched approximately, recall against exact reported
-    index_settings: dict[str, Any] | None = None  # settings of the approximate index (see ann_settings)
-    dtype: str = (
-        "float32"  # the encoder's compute dtype: float32, bfloat16 or auto (sbmoe.modeling.precision)
-    )
-
-    def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        if self.drop_self_hits not in SELF_HIT_CHOICES:
-            raise ValueError(
-                f"drop_self_hits must be one of {list(SELF_HIT_CHOICES)}, got {self.drop_self_hits!r}"
-            )
-        if self.index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {list(INDEX_TYPES)}, got {self.index_type!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        for field in ("batch_size", "top_k"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
-
-    def resolved_output_dir(self, dataset_name: str) -> Path:
-        if self.output_dir:
-            return Path(self.output_dir)
-        model_tag = Path(self.model.rstrip("/")).name or "model"
-        return Path("runs") / "evaluate" / f"{dataset_name}-{self.split}-{model_tag}"
 
 
 def evaluate(

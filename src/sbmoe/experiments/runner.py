@@ -16,13 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.evaluate import EvaluateSettings, evaluate, mode_folder
 from sbmoe.experiments.config import SYSTEM_TRAINING, ExperimentConfig, init_from_label
 from sbmoe.io import atomic_write_text, provenance, write_json
 from sbmoe.modeling import load_model
+from sbmoe.progress import progress_bar
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import collection_names
 from sbmoe.training.trainer import train
@@ -108,7 +107,7 @@ def run_experiment(
         "Experiment %s: %d runs%s, %d already finished", config.name, len(chosen),
         "" if seeds is None else f" of {len(runs)} (seeds {list(seeds)})", finished,
     )  # fmt: skip
-    bar = tqdm(chosen, desc=f"Experiment {config.name}", unit="run", disable=not progress)
+    bar = progress_bar(chosen, desc=f"Experiment {config.name}", unit="run", progress=progress)
     for run in bar:
         folder = output / "runs" / run.run_id
         if (folder / "done.json").is_file():

@@ -86,3 +86,7 @@ class SBMoEConfig(PretrainedConfig):
         if kind not in ("query", "document"):
             raise ValueError(f"kind must be 'query' or 'document', got {kind!r}")
         return self.query_max_length if kind == "query" else self.document_max_length
+
+
+# `AutoConfig.from_pretrained(folder)` reads an SB-MoE config.json once this module is imported.
+AutoConfig.register(SBMoEConfig.model_type, SBMoEConfig)

@@ -120,3 +120,5 @@ class SBMoEModel(PreTrainedModel):
 # so that `AutoModel.from_pretrained(folder, trust_remote_code=True)` works where sbmoe is not installed.
 SBMoEConfig.register_for_auto_class()
 SBMoEModel.register_for_auto_class("AutoModel")
+# `AutoModel.from_pretrained(folder)` returns an SBMoEModel for an SB-MoE folder once this module is imported.
+AutoModel.register(SBMoEConfig, SBMoEModel)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pool() needs only tensor methods: the command line reads POOLING_METHODS without torch
+    import torch
 
 POOLING_METHODS = ("mean", "cls")
 

@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # torch is imported where it is used: the command line reads 
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float32", "bfloat16", "auto")
+DTYPE_HELP = (
+    "encoder precision: bfloat16 runs under autocast (weights, routing and embeddings stay float32); "
+    "auto = bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it, else float32"
+)
 
 _warned: set[str] = set()
 

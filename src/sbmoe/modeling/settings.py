@@ -8,20 +8,11 @@ Adding a setting is adding a field here, with a default that reproduces the beha
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
+from .fields import setting
 from .moe import ACTIVATIONS, ROUTERS, ROUTING_NOISE, TOP1_WEIGHTS, VARIANTS, parse_mode
-
-
-def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None, null: str | None = None) -> Any:
-    """A field with its help text; `choices`: the allowed values; `null`: what a None default means."""
-    metadata: dict[str, Any] = {"help": help}
-    if choices is not None:
-        metadata["choices"] = choices
-    if null is not None:
-        metadata["null"] = null
-    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -31,56 +22,56 @@ class BlockSettings:
     Validation (`validate`, run on construction) raises ValueError naming the field and its allowed values.
     """
 
-    num_experts: int = _setting(6, "N, the number of experts (1 = a single adapter)")
-    expert_hidden_size: int | None = _setting(None, "experts' bottleneck width", null="hidden size / 2")
-    gate_hidden_size: int | None = _setting(None, "the gate's hidden width", null="hidden size / 2")
-    expert_activation: str = _setting("relu", "the experts' activation (relu: the paper)", tuple(ACTIVATIONS))
-    variant: str = _setting(
+    num_experts: int = setting(6, "N, the number of experts (1 = a single adapter)")
+    expert_hidden_size: int | None = setting(None, "experts' bottleneck width", null="hidden size / 2")
+    gate_hidden_size: int | None = setting(None, "the gate's hidden width", null="hidden size / 2")
+    expert_activation: str = setting("relu", "the experts' activation (relu: the paper)", tuple(ACTIVATIONS))
+    variant: str = setting(
         "learned",
         "how expert outputs combine: faithful (the authors' code: the gate gets no gradient) or learned "
         "(each normalised expert output scaled by its gate value)",
         VARIANTS,
     )
-    router: str = _setting(
+    router: str = setting(
         "softmax",
         "how texts choose experts: softmax (the paper's gate), sigmoid (each gate value in (0, 1); with one "
         "expert the gated adapter) or cluster (nearest of N prototypes from k-means, weight 1)",
         ROUTERS,
     )
-    routing_noise: str = _setting(
+    routing_noise: str = setting(
         "noisy",
         "training noise of the softmax and sigmoid routers: noisy (the paper: z + eps * softplus(W_n x)), "
         "none, or anneal (its weight falls linearly from 1 to 0 at noise_anneal_fraction of training)",
         ROUTING_NOISE,
     )
-    noise_anneal_fraction: float = _setting(
+    noise_anneal_fraction: float = setting(
         0.5, "anneal: share of the training steps after which the noise is 0"
     )
-    top1_weight: str = _setting(
+    top1_weight: str = setting(
         "softmax",
         "weight of the chosen expert under top-1: softmax (the paper: its probability) or straight-through "
         "(exactly 1 forward, the probability's gradient backward); learned variant only",
         TOP1_WEIGHTS,
     )
-    shared_expert: bool = _setting(False, "one more expert applied to every text besides the routed ones")
-    train_prototypes: bool = _setting(False, "cluster: train the prototypes (straight-through gradient)")
-    cluster_balanced: bool = _setting(
+    shared_expert: bool = setting(False, "one more expert applied to every text besides the routed ones")
+    train_prototypes: bool = setting(False, "cluster: train the prototypes (straight-through gradient)")
+    cluster_balanced: bool = setting(
         True, "cluster: k-means with balanced clusters (~M/N texts each, as BASE layers)"
     )
-    null_threshold: float | None = _setting(
+    null_threshold: float | None = setting(
         None, "null expert: a text whose routing score (top gate value, or best cosine) is below this passes "
         "through unchanged", null="no null expert",
     )  # fmt: skip
-    null_quantile: float | None = _setting(
+    null_quantile: float | None = setting(
         None, "cluster: set the null expert's threshold to this quantile of the training vectors' best "
         "cosine", null="no null expert",
     )  # fmt: skip
-    random_gate: bool = _setting(False, "the RANDOM-GATE ablation: a random expert per text")
-    random_gate_seed: int = _setting(0, "seed of the per-text expert choice of the random mode")
-    router_aux_loss_coef: float = _setting(
+    random_gate: bool = setting(False, "the RANDOM-GATE ablation: a random expert per text")
+    random_gate_seed: int = setting(0, "seed of the per-text expert choice of the random mode")
+    router_aux_loss_coef: float = setting(
         0.0, "weight of the Switch load-balancing loss (0 = off, the paper)"
     )
-    default_mode: str | None = _setting(
+    default_mode: str | None = setting(
         None, "inference routing when none is asked for: top1, topk:K, all or random",
         null="top1, or random with random_gate",
     )  # fmt: skip

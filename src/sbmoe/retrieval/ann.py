@@ -18,7 +18,6 @@ from sbmoe.errors import SbmoeError
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("exact", "hnsw", "ivfpq")
 ANN_DEFAULTS: dict[str, dict[str, Any]] = {
     "hnsw": {"m": 32, "ef_construction": 100, "ef_search": 128},
     # nlist and pq_m depend on the corpus: None means "chosen from N and the dimension" (see below).

@@ -23,6 +23,7 @@ from sbmoe.io import staged_folder
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.moe import routing_keys
 from sbmoe.modeling.precision import dtype_name, encoder_autocast
+from sbmoe.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def encode_pooled(
     dtype: the encoder's compute dtype (float32, or bfloat16 autocast).
     """
     pooled = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
-    with tqdm(total=len(texts), desc=f"Encoding {kind}s", unit=kind[:3], disable=not progress) as bar:
+    with progress_bar(total=len(texts), desc=f"Encoding {kind}s", unit=kind[:3], progress=progress) as bar:
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
             pooled[start : start + len(chunk)], _ = pool_chunk(

@@ -29,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from sbmoe.data import document_text, iter_documents
@@ -38,14 +37,15 @@ from sbmoe.io import provenance, staged_files, staged_folder, write_json
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.precision import dtype_name
+from sbmoe.progress import progress_bar
 from sbmoe.retrieval.ann import (
-    INDEX_TYPES,
     ann_search,
     ann_settings,
     build_ann_index,
     load_ann_index,
     save_ann_index,
 )
+from sbmoe.retrieval.choices import INDEX_TYPES
 from sbmoe.retrieval.encode import CHUNK_SIZE, embed_chunk, model_fingerprint
 from sbmoe.retrieval.search import exact_search
 
@@ -199,7 +199,7 @@ def _encode_rows(
     documents = islice(iter_documents(corpus_path), rows.start, rows.stop)
     with (
         open(folder / "documents.jsonl", "w", encoding="utf-8") as listing,
-        tqdm(total=len(rows), desc="Encoding documents", unit="doc", disable=not progress) as bar,
+        progress_bar(total=len(rows), desc="Encoding documents", unit="doc", progress=progress) as bar,
     ):
         written = 0
         for chunk in _batches(documents, chunk_size):
@@ -281,7 +281,7 @@ def _copy_shards(shards: list[tuple[Path, dict[str, Any]]], staging: Path, progr
         experts = np.lib.format.open_memmap(staging / "experts.npy", "w+", np.int32, shape[:1])
     seen: dict[str, str] = {}
     with open(staging / "documents.jsonl", "w", encoding="utf-8") as listing:
-        for folder, info in tqdm(shards, desc="Merging shards", unit="shard", disable=not progress):
+        for folder, info in progress_bar(shards, desc="Merging shards", unit="shard", progress=progress):
             part = np.load(folder / "embeddings.npy", mmap_mode="r", allow_pickle=False)
             for start in range(0, len(part), CHUNK_SIZE * 16):  # bounded copies
                 block = part[start : start + CHUNK_SIZE * 16]

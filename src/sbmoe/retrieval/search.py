@@ -8,14 +8,14 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sbmoe.errors import SbmoeError
+from sbmoe.progress import progress_bar
+from sbmoe.retrieval.choices import BACKENDS
 
 logger = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
-BACKENDS = ("torch", "faiss")
 DEFAULT_MAX_SCORE_BYTES = 256 * 2**20  # the score block's size; peak memory is this plus the inputs
 
 
@@ -52,7 +52,7 @@ def exact_search(
     # One score buffer for every block: allocating 256 MiB per block costs ~6 % of the search time.
     buffer = torch.empty(min(query_block, num_queries) * min(doc_block, num_docs), device=device)
     with torch.inference_mode():
-        for q_start in tqdm(range(0, num_queries, query_block), desc="Searching", disable=not progress):
+        for q_start in progress_bar(range(0, num_queries, query_block), desc="Searching", progress=progress):
             q = torch.from_numpy(
                 np.ascontiguousarray(queries[q_start : q_start + query_block], dtype=np.float32)
             )

@@ -23,13 +23,13 @@ from safetensors.torch import load_file, save_file
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import PreTrainedTokenizerBase
 
+from sbmoe.distributed import DistributedInfo, barrier
 from sbmoe.errors import SbmoeError
 from sbmoe.io import staged_files, staged_folder
 from sbmoe.modeling.card import model_card
 from sbmoe.modeling.loading import save_model, write_model_files
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig, upgrade_legacy_settings
-from sbmoe.training.distributed import DistributedInfo, barrier
 
 
 @dataclass

@@ -11,7 +11,9 @@ from typing import Any
 import yaml
 
 from sbmoe.errors import SbmoeError
-from sbmoe.modeling.precision import DTYPES
+from sbmoe.modeling.fields import setting
+from sbmoe.modeling.pooling import POOLING_METHODS
+from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
 from sbmoe.modeling.settings import BlockSettings, block_settings_of
 
 logger = logging.getLogger(__name__)
@@ -70,6 +72,12 @@ PAPER_PRESET: dict[str, Any] = {
 }
 
 
+def _regime_default(name: str) -> str:
+    """What None means for an optimisation setting: the DEFAULT_RECIPE value of each regime."""
+    frozen, full = DEFAULT_RECIPE["frozen"][name], DEFAULT_RECIPE["full"][name]
+    return str(full) if frozen == full else f"{frozen} with --freeze-encoder, else {full}"
+
+
 @dataclass(kw_only=True)
 class TrainingConfig(BlockSettings):
     """What `sbmoe train` does. Fields left as None take the base encoder's own setting or a default.
@@ -83,50 +91,87 @@ class TrainingConfig(BlockSettings):
     always set to 1. `init_from` upcycles a trained single-expert block into this run's experts.
     """
 
-    base: str
-    dataset: str
-    output_dir: str
-    data_dir: str | None = None
-    train_split: str = "train"
-    validation_split: str | None = None  # None: the collection's "dev" split if any, else validation_share
-    validation_share: float = 0.05  # of training queries held out when there is no validation split
-    validation_documents: int | None = None  # distractors besides the positives; None: all (frozen) or 1000
+    base: str = setting(help="base encoder: folder, hub id, or minilm-l6")
+    dataset: str = setting(
+        help="collection name (under --data-dir) or folder; several joined by + (scifact+nfcorpus)"
+    )
+    output_dir: str = setting(help="new folder for the model, log and checkpoints")
+    data_dir: str | None = setting(None, "folder of BEIR collections", null="$SBMOE_DATA")
+    train_split: str = setting("train", "qrels split of the training queries")
+    validation_split: str | None = setting(
+        None, "qrels split of the validation queries", null="dev if the collection has one, else held out"
+    )
+    validation_share: float = setting(
+        0.05, "share of training queries held out when there is no validation split"
+    )
+    validation_documents: int | None = setting(
+        None, "documents besides the positives that validation searches", null="all (frozen encoder) or 1000"
+    )
     # model (the block's fields come from BlockSettings)
-    system: str = "sbmoe"
-    init_from: str | None = None  # sparse upcycling: a model folder whose 1-expert block seeds every expert
-    upcycle_noise: float = 0.01  # std of the noise added to each upcycled tensor, relative to its std
-    pooling: str | None = None
-    normalize: bool | None = None
-    query_max_length: int | None = None
-    document_max_length: int | None = None
+    system: str = setting(
+        "sbmoe",
+        "what trains: finetune (no block), sbmoe, adapter (one expert), gated-adapter (one expert scaled "
+        "by a learned sigmoid gate) or random-gate",
+        SYSTEMS,
+    )
+    init_from: str | None = setting(
+        None,
+        "sparse upcycling: an SB-MoE folder with a 1-expert block (e.g. a trained adapter) whose expert "
+        "starts every expert; the router starts fresh",
+    )
+    upcycle_noise: float = setting(0.01, "noise added to each upcycled tensor, times its std")
+    pooling: str | None = setting(None, "override the base's pooling", POOLING_METHODS, null="the base's")
+    normalize: bool | None = setting(None, "override L2 normalisation", null="the base's")
+    query_max_length: int | None = setting(None, "override the queries' max tokens", null="the base's")
+    document_max_length: int | None = setting(None, "override the documents' max tokens", null="the base's")
     # loss
-    temperature: float = 0.05
-    symmetric: bool = False
-    mask_duplicate_positives: bool = True
-    hard_negatives: str | None = None  # "bm25" or a TREC run file
-    num_hard_negatives: int = 1
-    hard_negative_depth: int = 100
+    temperature: float = setting(0.05, "temperature of the contrastive loss")
+    symmetric: bool = setting(False, "add the document->query term")
+    mask_duplicate_positives: bool = setting(
+        True, "mask in-batch documents that are also relevant to the query: they are not negatives"
+    )
+    hard_negatives: str | None = setting(None, "bm25, or a TREC run file to take negatives from")
+    num_hard_negatives: int = setting(1, "hard negatives per query in a batch")
+    hard_negative_depth: int = setting(
+        100, "non-relevant top hits per query kept as hard-negative candidates"
+    )
     # optimisation
-    batch_size: int = 32
-    epochs: int | None = None  # None: the regime's DEFAULT_RECIPE (frozen encoder or not), also below
-    encoder_lr: float | None = None
-    moe_lr: float | None = None
-    weight_decay: float = 0.01
-    schedule: str | None = None
-    warmup_ratio: float | None = None
-    max_grad_norm: float | None = 1.0
-    dtype: str = "float32"  # the encoder's forward: float32, bfloat16 (autocast) or auto (see precision.py)
-    freeze_encoder: bool = False
+    batch_size: int = setting(32, "queries per batch")
+    epochs: int | None = setting(None, "passes over the training queries", null=_regime_default("epochs"))
+    encoder_lr: float | None = setting(
+        None, "the encoder's learning rate", null=_regime_default("encoder_lr")
+    )
+    moe_lr: float | None = setting(None, "the block's learning rate", null=_regime_default("moe_lr"))
+    weight_decay: float = setting(0.01, "AdamW weight decay")
+    schedule: str | None = setting(
+        None, "learning-rate schedule", SCHEDULES, null=_regime_default("schedule")
+    )
+    warmup_ratio: float | None = setting(
+        None, "share of the steps that warm the learning rate up", null=_regime_default("warmup_ratio")
+    )
+    max_grad_norm: float | None = setting(1.0, "gradient clipping norm (null in a config file: no clipping)")
+    dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
+    freeze_encoder: bool = setting(False, "train only the block on cached pooled vectors (fast on a CPU)")
     # selection, checkpoints, logging
-    selection: str = "last"
-    early_stopping_patience: int | None = 3  # selection "best" only
-    checkpoint_every_steps: int | None = None
-    seed: int = 42
-    encode_batch_size: int = 64
-    progress: bool = True
-    tensorboard: bool = False
-    preset: str | None = None
-    trust_remote_code: bool = False
+    selection: str = setting(
+        "last", "model kept: last or best validation nDCG@10 (with early stopping)", SELECTIONS
+    )
+    early_stopping_patience: int | None = setting(
+        3, "selection best: epochs without improvement before stopping (null in a config file: never)"
+    )
+    checkpoint_every_steps: int | None = setting(
+        None, "also save a checkpoint every N steps", null="at epoch ends only"
+    )
+    seed: int = setting(42, "seed of the block, the batches and the held-out queries")
+    encode_batch_size: int = setting(
+        64, "texts per forward pass when encoding without gradients (cached vectors, validation)"
+    )
+    progress: bool = setting(True, "progress bars")
+    tensorboard: bool = setting(False, "also log to TensorBoard (in the output folder)")
+    preset: str | None = setting(
+        None, "the authors' recipe (batch 64, last epoch, ...), under the settings given", ("paper",)
+    )
+    trust_remote_code: bool = setting(False, "allow a model's own code to run")
 
     def __post_init__(self) -> None:
         _check_choice("system", self.system, SYSTEMS)

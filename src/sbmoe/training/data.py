@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from sbmoe.data import BeirDataset, document_text, load_dataset
+from sbmoe.distributed import DistributedInfo
 from sbmoe.errors import SbmoeError
 from sbmoe.training.config import TrainingConfig
-from sbmoe.training.distributed import DistributedInfo
 from sbmoe.training.negatives import Negatives, load_negatives_run, mine_bm25_negatives, sample_negatives
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""torch.distributed in a few functions: works under torchrun and accelerate launch, gloo on CPU.
+"""The gradient collectives of distributed training (the process group itself: `sbmoe.distributed`).
 
 Every process computes the same global loss from embeddings gathered across processes and backpropagates
 loss / world_size; `gather_with_grad` routes each process's share of the gradient back to it, and
@@ -8,39 +8,10 @@ batch, and experts that top-1 routing left unused in a process need no special h
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
 import torch
 import torch.distributed as dist
 
-
-@dataclass(frozen=True)
-class DistributedInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-
-def init_distributed() -> DistributedInfo:
-    """Join the process group described by torchrun's environment variables, if any."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistributedInfo()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if torch.cuda.is_available() else "gloo")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    return DistributedInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+from sbmoe.distributed import DistributedInfo
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -97,8 +68,3 @@ def broadcast_values(values: list[float], info: DistributedInfo) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.broadcast(tensor, src=0)
     return tensor.tolist()
-
-
-def barrier(info: DistributedInfo) -> None:
-    if info.enabled:
-        dist.barrier()

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from sbmoe.data import Corpus
 from sbmoe.errors import SbmoeError
+from sbmoe.progress import progress_bar
 from sbmoe.retrieval.trec import read_trec_run
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def mine_bm25_negatives(
     row_of = {doc_id: row for row, doc_id in enumerate(corpus.ids)}
     negatives: Negatives = {}
     for query_id, tokens in zip(
-        tqdm(query_ids, desc="Mining BM25 negatives", unit="query", disable=not progress),
+        progress_bar(query_ids, desc="Mining BM25 negatives", unit="query", progress=progress),
         query_tokens,
         strict=True,
     ):

@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch.optim.lr_scheduler import LRScheduler
-from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_scheduler
 
+from sbmoe.distributed import DistributedInfo, barrier, init_distributed
 from sbmoe.errors import SbmoeError
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling import SBMoEModel, build_model, load_model
@@ -41,6 +41,7 @@ from sbmoe.modeling.model import SBMoEOutput
 from sbmoe.modeling.moe import noise_weight as routing_noise_weight
 from sbmoe.modeling.precision import encoder_autocast, resolve_dtype
 from sbmoe.modeling.routing_stats import entropy_terms, expert_counts
+from sbmoe.progress import progress_bar
 from sbmoe.retrieval.encode import EmbeddingCache, default_device, encode_cached
 from sbmoe.training.checkpoint import (
     Resumable,
@@ -63,13 +64,10 @@ from sbmoe.training.data import (
     training_batches,
 )
 from sbmoe.training.distributed import (
-    DistributedInfo,
     all_reduce_gradients,
     all_reduce_sum,
-    barrier,
     broadcast_values,
     gather_with_grad,
-    init_distributed,
 )
 from sbmoe.training.log import TrainingLog
 from sbmoe.training.losses import contrastive_loss, negative_mask
@@ -146,9 +144,9 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     while state.epoch < config.epochs and not state.stopped_early:
         batches = training_batches(config, run.data, state.epoch, info.world_size)
         net.model.train()
-        bar = tqdm(
+        bar = progress_bar(
             total=len(batches), initial=state.step_in_epoch, desc=f"Epoch {state.epoch + 1}/{config.epochs}",
-            unit="step", disable=not (config.progress and info.is_main),
+            unit="step", progress=config.progress and info.is_main,
         )  # fmt: skip
         for batch in batches[state.step_in_epoch :]:
             started = time.perf_counter()

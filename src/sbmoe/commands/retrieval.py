@@ -14,19 +14,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sbmoe.commands.common import add_dtype_argument, add_index_type_arguments, ann_overrides
 from sbmoe.errors import SbmoeError
 
 TITLE_WIDTH = 80  # characters of a title (or of the text's start) printed per hit
-ANN_FLAGS = {  # flag destination -> (index type, setting name)
-    "hnsw_m": ("hnsw", "m"),
-    "ef_construction": ("hnsw", "ef_construction"),
-    "ef_search": ("hnsw", "ef_search"),
-    "nlist": ("ivfpq", "nlist"),
-    "pq_m": ("ivfpq", "pq_m"),
-    "nbits": ("ivfpq", "nbits"),
-    "nprobe": ("ivfpq", "nprobe"),
-    "refine": ("ivfpq", "refine"),
-}
 
 
 def _add_source(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -34,21 +25,6 @@ def _add_source(parser: argparse.ArgumentParser, required: bool) -> None:
     source.add_argument("--corpus", help="corpus file: one JSON object a line with _id, text, title (.gz ok)")
     source.add_argument("--dataset", help="a BEIR collection (name under --data-dir, or folder): its corpus")
     parser.add_argument("--data-dir", help="folder of BEIR collections (default: $SBMOE_DATA)")
-
-
-def add_dtype_argument(parser: argparse.ArgumentParser, default: str | None = "float32") -> None:
-    """--dtype: the encoder's compute precision (`sbmoe.modeling.precision`). default None: not given
-    (a config file or the settings' own default decides, float32)."""
-    from sbmoe.modeling.precision import DTYPES
-
-    parser.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default=default,
-        help="encoder precision: bfloat16 runs under autocast (weights, routing and embeddings stay "
-        "float32); auto = bfloat16 where the CPU (AMX, AVX512-BF16) or GPU has it, else float32 "
-        f"(default: {default or 'float32'})",
-    )
 
 
 def _add_encoding(parser: argparse.ArgumentParser) -> None:
@@ -62,42 +38,6 @@ def _add_encoding(parser: argparse.ArgumentParser) -> None:
         help="documents read, sorted by length and written at a time; shards are whole chunks (default 4096)",
     )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-
-
-def add_index_type_arguments(parser: argparse.ArgumentParser) -> None:
-    """--index-type and the settings of the approximate types (see `ann_overrides`)."""
-    group = parser.add_argument_group("index type")
-    group.add_argument("--index-type", choices=["exact", "hnsw", "ivfpq"], default="exact")
-    group.add_argument("--hnsw-m", type=int, help="hnsw: links per node (default 32)")
-    group.add_argument("--ef-construction", type=int, help="hnsw: build-time beam (default 100)")
-    group.add_argument("--ef-search", type=int, help="hnsw: search-time beam (default 128)")
-    group.add_argument("--nlist", type=int, help="ivfpq: inverted lists (default ~sqrt(N))")
-    group.add_argument(
-        "--pq-m", type=int, help="ivfpq: sub-quantizers, must divide the dimension (default H/8)"
-    )
-    group.add_argument("--nbits", type=int, help="ivfpq: bits per sub-quantizer code (default 8)")
-    group.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default 16)")
-    group.add_argument(
-        "--refine",
-        type=int,
-        help="ivfpq: re-score the top R x k exactly from the embeddings (default 4; 0: off)",
-    )
-
-
-def ann_overrides(args: argparse.Namespace, index_type: str) -> dict[str, Any]:
-    """The index-type flags given, as settings of `index_type`; a flag of another type is an error."""
-    overrides = {}
-    for dest, (flag_type, setting) in ANN_FLAGS.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        flag = "--" + dest.replace("_", "-")
-        if flag_type != index_type:
-            raise SbmoeError(f"{flag} applies to --index-type {flag_type}, not {index_type}")
-        if value < (0 if setting == "refine" else 1):
-            raise SbmoeError(f"{flag} must be a positive integer, got {value}")
-        overrides[setting] = value
-    return overrides
 
 
 def _corpus_path(args: argparse.Namespace) -> Path:
@@ -164,12 +104,10 @@ def _describe(info: dict[str, Any], output: str | Path) -> str:
 # ------------------------------------------------------------------------------------------------ encode
 
 
-def add_encode_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "encode",
-        help="encode a corpus into an index folder: in one pass, in shards, or across torchrun processes",
-        description="Under torchrun (or accelerate launch) each process encodes one shard and the first "
-        "merges them. With --num-shards/--shard-index, one shard per call; then --merge joins them.",
+def add_encode_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Under torchrun (or accelerate launch) each process encodes one shard and the first merges them. "
+        "With --num-shards/--shard-index, one shard per call; then --merge joins them."
     )
     parser.add_argument("--model", help="SB-MoE folder, encoder folder, hub id, or minilm-l6")
     _add_source(parser, required=False)
@@ -180,12 +118,12 @@ def add_encode_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-shards", action="store_true", help="keep the shard folders after merging")
     _add_encoding(parser)
     add_index_type_arguments(parser)
-    parser.set_defaults(handler=_run_encode)
+    parser.set_defaults(handler=run_encode)
 
 
-def _run_encode(args: argparse.Namespace) -> int:
+def run_encode(args: argparse.Namespace) -> int:
+    from sbmoe.distributed import barrier, init_distributed
     from sbmoe.retrieval.index import merge_shards, shard_folder
-    from sbmoe.training.distributed import barrier, init_distributed
 
     overrides = ann_overrides(args, args.index_type)
     if args.merge:
@@ -234,22 +172,20 @@ def _run_encode(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------- index
 
 
-def add_index_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "index",
-        help="encode your own documents into a searchable index (no qrels needed)",
-        description="Encode a corpus file with a trained retriever and save an exact, HNSW or IVF-PQ "
-        "index beside its settings. Then: sbmoe search --index OUTPUT 'your query'.",
+def add_index_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Encode a corpus file with a trained retriever and save an exact, HNSW or IVF-PQ index beside its "
+        "settings. Then: sbmoe search --index OUTPUT 'your query'."
     )
     parser.add_argument("--model", required=True, help="SB-MoE folder, encoder folder, hub id, or minilm-l6")
     _add_source(parser, required=True)
     parser.add_argument("--output", required=True, help="new index folder (must not exist or be empty)")
     _add_encoding(parser)
     add_index_type_arguments(parser)
-    parser.set_defaults(handler=_run_index)
+    parser.set_defaults(handler=run_index)
 
 
-def _run_index(args: argparse.Namespace) -> int:
+def run_index(args: argparse.Namespace) -> int:
     from sbmoe.io import check_new_folder
     from sbmoe.retrieval.index import merge_shards
 
@@ -271,11 +207,7 @@ def _run_index(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------ search
 
 
-def add_search_parser(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser(
-        "search",
-        help="search an index: one query printed, or a queries file written as a TREC run",
-    )
+def add_search_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("query", nargs="?", help="the text to search for")
     parser.add_argument("--index", required=True, help="index folder (from sbmoe index or sbmoe encode)")
     parser.add_argument("--queries", help="queries file: BEIR .jsonl or .tsv (id<TAB>text)")
@@ -286,10 +218,10 @@ def add_search_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query")
     parser.add_argument("--refine", type=int, help="ivfpq: candidates re-scored exactly, as a multiple of k")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.set_defaults(handler=_run_search)
+    parser.set_defaults(handler=run_search)
 
 
-def _run_search(args: argparse.Namespace) -> int:
+def run_search(args: argparse.Namespace) -> int:
     from sbmoe.analysis.routing import expert_counts
     from sbmoe.data import load_query_file
     from sbmoe.retrieval.index import Index

@@ -1,0 +1,5 @@
+"""The allowed values of the retrieval options, importable without numpy or torch (the command line and the
+settings classes read them)."""
+
+INDEX_TYPES = ("exact", "hnsw", "ivfpq")  # exact search, or a faiss approximate index (ann.py)
+BACKENDS = ("torch", "faiss")  # of exact search (search.py)
