@@ -154,9 +154,10 @@ def test_quickstart_end_to_end_on_a_tiny_model(tiny_encoder, collections, tmp_pa
     for label in (
         "ZERO-SHOT",
         "ADAPTER",
-        "RANDOM-GATE",
+        "GATED ADAPTER",
         "SB-MoE faithful N=3 TOP-1",
         "SB-MoE learned N=3 ALL",
+        "cluster N=3 TOP-1",
     ):
         assert label in printed, label
     assert "comparisons significant" in printed and "Frozen encoder" in printed

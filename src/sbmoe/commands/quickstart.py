@@ -41,6 +41,6 @@ def run(args: argparse.Namespace) -> int:
         "Frozen encoder: the base's pooled vectors were computed once and each system trained only its block."
     )
     print("Report:   " + ", ".join(str(path) for path in result["report_paths"].values()))
-    print("Analysis of SB-MoE learned: " + ", ".join(result["analysis"]["outputs"].values()))
+    print("Analysis of cluster routing: " + ", ".join(result["analysis"]["outputs"].values()))
     print(f"Done in {time.perf_counter() - started:.0f} s.")
     return 0
