@@ -127,8 +127,10 @@ def test_tqdm_disable_hides_progress_bars_even_on_a_terminal():
 
 
 @pytest.mark.parametrize(
-    "argv", [["--help"], ["evaluate", "--help"], ["analyze", "--help"], ["data", "list"]]
-)
+    "argv",
+    [["--help"], ["evaluate", "--help"], ["analyze", "--help"], ["train", "--help"], ["init", "--help"],
+     ["data", "list"]],
+)  # fmt: skip
 def test_help_and_light_commands_import_no_heavy_library(argv, tmp_path):
     """`sbmoe --help` and `sbmoe evaluate --help` stay fast: no torch, transformers or numpy (nor does
     `import sbmoe`); the library is imported by the handler that needs it."""

@@ -66,38 +66,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .settings import ACTIVATION_NAMES, ROUTERS, ROUTING_NOISE, TOP1_WEIGHTS, VARIANTS, parse_mode
+
 if TYPE_CHECKING:
     from .settings import BlockSettings
 
-VARIANTS = ("faithful", "learned")
-ROUTERS = ("softmax", "sigmoid", "cluster")
-ROUTING_NOISE = ("noisy", "none", "anneal")
-TOP1_WEIGHTS = ("softmax", "straight-through")
+__all__ = ["ROUTERS", "ROUTING_NOISE", "TOP1_WEIGHTS", "VARIANTS", "SBMoEBlock", "parse_mode", "routing_keys"]
+
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES  # the settings' names (settings.py has no torch)
 _HASH_MODULUS = 2_147_483_647  # 2^31 - 1, prime
 _HASH_BASE = 1_000_003
-
-
-def parse_mode(mode: str, num_experts: int) -> tuple[str, int]:
-    """ "top1" | "topk:K" | "all" | "random" -> (kind, number of experts used per text).
-
-    Raises ValueError naming the allowed values.
-    """
-    if mode == "top1":
-        return "topk", 1
-    if mode == "all":
-        return "all", num_experts
-    if mode == "random":
-        return "random", 1
-    if mode.startswith("topk:"):
-        try:
-            k = int(mode.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if not 1 <= k <= num_experts:
-            raise ValueError(f"mode {mode!r}: K must be an integer from 1 to num_experts={num_experts}")
-        return "topk", k
-    raise ValueError(f"mode must be one of top1, topk:K (1 <= K <= {num_experts}), all, random; got {mode!r}")
 
 
 def routing_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,35 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from .fields import setting
-from .moe import ACTIVATIONS, ROUTERS, ROUTING_NOISE, TOP1_WEIGHTS, VARIANTS, parse_mode
+
+# Allowed values, here and not in moe.py so that the settings (and the command line) need no torch.
+VARIANTS = ("faithful", "learned")
+ROUTERS = ("softmax", "sigmoid", "cluster")
+ROUTING_NOISE = ("noisy", "none", "anneal")
+TOP1_WEIGHTS = ("softmax", "straight-through")
+ACTIVATION_NAMES = ("relu", "gelu", "silu", "tanh")
+
+
+def parse_mode(mode: str, num_experts: int) -> tuple[str, int]:
+    """ "top1" | "topk:K" | "all" | "random" -> (kind, number of experts used per text).
+
+    Raises ValueError naming the allowed values.
+    """
+    if mode == "top1":
+        return "topk", 1
+    if mode == "all":
+        return "all", num_experts
+    if mode == "random":
+        return "random", 1
+    if mode.startswith("topk:"):
+        try:
+            k = int(mode.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if not 1 <= k <= num_experts:
+            raise ValueError(f"mode {mode!r}: K must be an integer from 1 to num_experts={num_experts}")
+        return "topk", k
+    raise ValueError(f"mode must be one of top1, topk:K (1 <= K <= {num_experts}), all, random; got {mode!r}")
 
 
 @dataclass
@@ -25,7 +53,7 @@ class BlockSettings:
     num_experts: int = setting(6, "N, the number of experts (1 = a single adapter)")
     expert_hidden_size: int | None = setting(None, "experts' bottleneck width", null="hidden size / 2")
     gate_hidden_size: int | None = setting(None, "the gate's hidden width", null="hidden size / 2")
-    expert_activation: str = setting("relu", "the experts' activation (relu: the paper)", tuple(ACTIVATIONS))
+    expert_activation: str = setting("relu", "the experts' activation (relu: the paper)", ACTIVATION_NAMES)
     variant: str = setting(
         "learned",
         "how expert outputs combine: faithful (the authors' code: the gate gets no gradient) or learned "
