@@ -14,8 +14,8 @@ from sbmoe.data.beir import (
     load_queries,
     load_query_file,
     resolve_dataset,
-    validate_dataset,
 )
+from sbmoe.data.validate import validate_dataset
 
 __all__ = [
     "BeirDataset",

@@ -16,7 +16,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from sbmoe.data.beir import load_dataset, validate_dataset
+from sbmoe.data.beir import load_dataset
+from sbmoe.data.validate import validate_dataset
 from sbmoe.errors import DataError, SbmoeError
 
 logger = logging.getLogger(__name__)
