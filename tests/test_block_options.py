@@ -580,3 +580,21 @@ def test_unknown_routing_noise_on_the_command_line_exits_2_naming_the_choices(
 ):
     assert main(train_args(tiny_encoder, synthetic, tmp_path / "run", "--routing-noise", "bogus")) == 2
     assert "routing_noise must be one of ['noisy', 'none', 'anneal'], got 'bogus'" in capsys.readouterr().err
+
+
+def test_a_batch_that_only_takes_the_null_expert_trains_on(synthetic, tmp_path):
+    """Trained prototypes with a high null quantile: some batches send every text through the null expert,
+    so no parameter enters the loss; the step must still run (zero gradients), not fail in backward."""
+    from sbmoe.training.trainer import train
+
+    encoder = make_tiny_encoder(tmp_path / "encoder")
+    config = TrainingConfig(
+        base=str(encoder), dataset=str(synthetic), output_dir=str(tmp_path / "run"), batch_size=4, epochs=2,
+        num_experts=3, freeze_encoder=True, progress=False, router="cluster", train_prototypes=True,
+        null_quantile=0.9,
+    )  # fmt: skip
+    summary = train(config)
+    assert summary["epochs_run"] == 2
+    shares = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    null_only = [r for r in shares if r["type"] == "step" and r["expert_share"][-1] == 1.0]
+    assert null_only  # the case happened

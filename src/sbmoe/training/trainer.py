@@ -346,8 +346,12 @@ def _train_step(
     aux = _local_aux_loss(queries, positives, negatives)
     result = contrastive_loss(q, d, mask, config.temperature, symmetric=config.symmetric, aux_loss=aux)
     # Every process computes the same global loss: backpropagate a 1/world share and sum the gradients.
-    (result.loss / info.world_size).backward()
-    all_reduce_gradients([p for p in model.parameters() if p.requires_grad], info)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    loss = result.loss
+    if not loss.requires_grad:  # every text of this shard took the null expert: no parameter was used
+        loss = loss + 0.0 * sum(p.sum() for p in trainable)  # zero gradients, as any skipped block gets
+    (loss / info.world_size).backward()
+    all_reduce_gradients(trainable, info)
     return result.parts, _routing_stats(model, (queries, positives, negatives), info)
 
 
