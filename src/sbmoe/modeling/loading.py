@@ -118,7 +118,7 @@ def load_model(
         "document_max_length": document_max_length,
     }
     overrides = {key: value for key, value in overrides.items() if value is not None}
-    name = str(local_folder(name))
+    name = str(local_folder(name, with_code=trust_remote_code))
     try:
         if is_sbmoe_folder(name):
             model = SBMoEModel.from_pretrained(name, trust_remote_code=trust_remote_code)
@@ -140,13 +140,13 @@ def load_model(
 
 
 # Files fetched from a Hub repository: configs, tokenizer files and safetensors weights (never pickled
-# weights, ONNX or other frameworks' copies; remote code only where it is asked for).
+# weights, ONNX or other frameworks' copies); its Python files only with trust_remote_code.
 HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]
 
 
-def local_folder(name: str | Path) -> Path:
+def local_folder(name: str | Path, with_code: bool = False) -> Path:
     """The local folder `name` names: a folder, or the snapshot of a Hugging Face Hub repository (fetched
-    with huggingface_hub, only HUB_FILES; offline, from the local Hub cache).
+    with huggingface_hub, only HUB_FILES, plus *.py when `with_code`; offline, from the local Hub cache).
 
     Raises SbmoeError when `name` is a file, a missing path that is no valid hub id, or a repository that
     cannot be fetched or is not in the cache.
@@ -165,7 +165,8 @@ def local_folder(name: str | Path) -> Path:
     except HFValidationError:
         raise SbmoeError(f"{name}: no such folder, and not a Hugging Face Hub id (org/name)") from None
     try:
-        return Path(snapshot_download(str(name), allow_patterns=HUB_FILES))
+        patterns = [*HUB_FILES, "*.py"] if with_code else HUB_FILES
+        return Path(snapshot_download(str(name), allow_patterns=patterns))
     except Exception as error:  # unknown repository, no network, offline and not cached
         raise SbmoeError(
             f"{name}: no such folder, and the Hugging Face Hub repository cannot be fetched "
