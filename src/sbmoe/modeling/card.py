@@ -18,9 +18,6 @@ from sbmoe.data.download import BEIR_MD5
 
 from .config import SBMoEConfig
 
-MINILM_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
-BASE_ALIASES = {"minilm-l6": MINILM_HUB_ID}
-
 
 def model_card(
     config: SBMoEConfig,
@@ -35,7 +32,9 @@ def model_card(
     training: what trained it (e.g. {"datasets": [...], "system": ..., "seed": ..., "epochs": ...,
     "validation ndcg@10": ...}); evaluation: its last evaluation ({"dataset", "split", metric: value, ...}).
     """
-    base_model = BASE_ALIASES.get(str(base_model), base_model) if base_model else None
+    from .loading import MINILM_ALIAS, MINILM_HUB_ID  # loading writes cards: imported here, not at the top
+
+    base_model = MINILM_HUB_ID if base_model == MINILM_ALIAS else base_model
     training, evaluation = training or {}, evaluation or {}
     data = ModelCardData(
         library_name="transformers",
