@@ -20,7 +20,7 @@ from sbmoe.modeling import build_model, load_model, save_model
 from sbmoe.modeling.block_init import balanced_assignment, init_prototypes, upcycle
 from sbmoe.modeling.moe import SBMoEBlock, noise_weight
 from sbmoe.modeling.settings import BlockSettings
-from sbmoe.retrieval.encode import apply_head
+from sbmoe.retrieval.encode import Pooled, apply_head
 from sbmoe.training.config import TrainingConfig
 
 H = 4
@@ -312,8 +312,8 @@ def test_null_quantile_threshold_is_set_by_kmeans_and_survives_save_and_load(tin
     reloaded, _ = load_model(tmp_path / "m")
     assert torch.equal(reloaded.moe.null_cutoff, model.moe.null_cutoff)
     assert torch.equal(reloaded.moe.prototypes, model.moe.prototypes)
-    before, experts = apply_head(model, vectors.numpy())
-    after, experts_after = apply_head(reloaded, vectors.numpy())
+    before, experts = apply_head(model, Pooled(vectors.numpy()))
+    after, experts_after = apply_head(reloaded, Pooled(vectors.numpy()))
     assert np.array_equal(before, after) and np.array_equal(experts, experts_after)
     assert (experts == 3).sum() == 10  # a quarter of the training vectors fall below their own quartile
 
@@ -383,11 +383,9 @@ def test_a_config_json_without_the_new_fields_loads_with_the_same_embeddings(tin
     assert set(reloaded.moe.state_dict()) == set(model.moe.state_dict())
     assert {name.split(".")[0] for name in reloaded.moe.state_dict()} == {"experts", "gate", "noise"}
     pooled = np.random.default_rng(0).standard_normal((20, 32)).astype(np.float32)
-    keys = np.arange(20)
+    texts = Pooled(pooled, keys=np.arange(20))
     for mode in ("top1", "topk:2", "all", "random"):
-        assert np.array_equal(
-            apply_head(model, pooled, mode, keys)[0], apply_head(reloaded, pooled, mode, keys)[0]
-        )
+        assert np.array_equal(apply_head(model, texts, mode)[0], apply_head(reloaded, texts, mode)[0])
     noise = torch.randn(20, 3, generator=torch.Generator().manual_seed(1))
     trained = [m.train().head(torch.from_numpy(pooled), noise=noise).embeddings for m in (model, reloaded)]
     assert torch.equal(*trained)
@@ -397,7 +395,7 @@ def test_a_config_json_without_the_new_fields_loads_with_the_same_embeddings(tin
         torch.testing.assert_close(trained[1], paper_block(reloaded.moe, x, 1, noise))
         for mode, k in (("top1", 1), ("all", 3)):
             torch.testing.assert_close(
-                torch.from_numpy(apply_head(reloaded, pooled, mode)[0]), paper_block(reloaded.moe, x, k)
+                torch.from_numpy(apply_head(reloaded, texts, mode)[0]), paper_block(reloaded.moe, x, k)
             )
 
 

@@ -42,7 +42,9 @@ def offline_hub(tmp_path, monkeypatch) -> Path:
 
 
 def embeddings(model, tokenizer) -> np.ndarray:
-    return model.head(torch.from_numpy(encode_pooled(model, tokenizer, TEXTS, "document", progress=False)))
+    return model.head(
+        torch.from_numpy(encode_pooled(model, tokenizer, TEXTS, "document", progress=False).vectors)
+    )
 
 
 def test_an_sbmoe_repository_by_hub_id_keeps_its_block(tiny_encoder, tmp_path, offline_hub):

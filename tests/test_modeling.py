@@ -34,8 +34,10 @@ def test_encoder_folder_loads_with_default_settings(tiny_encoder):
 def test_batched_encoding_equals_one_text_at_a_time(tiny_encoder):
     """Padding and the longest-first order must not change any vector, and rows keep the input order."""
     model, tokenizer = load_model(tiny_encoder)
-    batched = encode_pooled(model, tokenizer, TEXTS, "document", batch_size=2, progress=False)
-    single = np.concatenate([encode_pooled(model, tokenizer, [t], "document", progress=False) for t in TEXTS])
+    batched = encode_pooled(model, tokenizer, TEXTS, "document", batch_size=2, progress=False).vectors
+    single = np.concatenate(
+        [encode_pooled(model, tokenizer, [t], "document", progress=False).vectors for t in TEXTS]
+    )
     np.testing.assert_allclose(batched, single, atol=1e-5)
 
 
@@ -45,8 +47,8 @@ def test_save_and_reload_give_identical_embeddings(tiny_encoder, tmp_path):
     tokenizer.save_pretrained(tmp_path / "sb")
     reloaded, reloaded_tokenizer = load_model(tmp_path / "sb")
     assert reloaded.config.normalize is True and reloaded.config.query_max_length == 16
-    before = encode_pooled(model, tokenizer, TEXTS, "query", progress=False)
-    after = encode_pooled(reloaded, reloaded_tokenizer, TEXTS, "query", progress=False)
+    before = encode_pooled(model, tokenizer, TEXTS, "query", progress=False).vectors
+    after = encode_pooled(reloaded, reloaded_tokenizer, TEXTS, "query", progress=False).vectors
     assert np.abs(before - after).max() <= 1e-6
     assert type(AutoModel.from_pretrained(tmp_path / "sb")) is SBMoEModel  # registered by `import sbmoe`
     assert sbmoe.SBMoEModel is SBMoEModel
@@ -78,7 +80,9 @@ def test_sentence_transformers_folder_brings_its_settings(tiny_encoder, tmp_path
         True,
         24,
     )
-    ours = model.head(torch.from_numpy(encode_pooled(model, tokenizer, TEXTS, "document", progress=False)))
+    ours = model.head(
+        torch.from_numpy(encode_pooled(model, tokenizer, TEXTS, "document", progress=False).vectors)
+    )
     theirs = st_model.encode(TEXTS, convert_to_numpy=True)
     np.testing.assert_allclose(ours.embeddings.numpy(), theirs, atol=1e-5)
 

@@ -67,8 +67,8 @@ def test_unknown_dtype_is_an_error_naming_the_choices(tiny_beir, tiny_encoder, c
 
 def test_bfloat16_encoding_is_close_to_float32_and_returns_float32(tiny_encoder):
     model, tokenizer = load_model(tiny_encoder)
-    full = encode_pooled(model, tokenizer, TEXTS, "document", progress=False)
-    half = encode_pooled(model, tokenizer, TEXTS, "document", progress=False, dtype=torch.bfloat16)
+    full = encode_pooled(model, tokenizer, TEXTS, "document", progress=False).vectors
+    half = encode_pooled(model, tokenizer, TEXTS, "document", progress=False, dtype=torch.bfloat16).vectors
     assert half.dtype == np.float32
     assert not np.array_equal(full, half)  # autocast did run the encoder in bfloat16
     cosine = (full * half).sum(1) / np.linalg.norm(full, axis=1) / np.linalg.norm(half, axis=1)

@@ -381,18 +381,18 @@ def test_training_with_hard_negatives(tiny_encoder, synthetic, tmp_path, source,
 def test_random_gate_trains_and_validates_with_per_text_routing(
     tiny_encoder, synthetic, tmp_path, monkeypatch
 ):
-    import sbmoe.training.validation as validation
+    import sbmoe.evaluation.pipeline as pipeline  # validation's embed-and-search path
     from sbmoe.modeling.moe import random_experts
 
     routed = []  # each validation's (routing keys, experts) of the documents, then of the queries
 
     def spy_apply_head(model, pooled, *args, **kwargs):
         embeddings, experts = real_apply_head(model, pooled, *args, **kwargs)
-        routed.append((kwargs.get("keys"), experts))
+        routed.append((pooled.keys, experts))
         return embeddings, experts
 
-    real_apply_head = validation.apply_head
-    monkeypatch.setattr(validation, "apply_head", spy_apply_head)
+    real_apply_head = pipeline.apply_head
+    monkeypatch.setattr(pipeline, "apply_head", spy_apply_head)
     config = config_for(tiny_encoder, synthetic, tmp_path / "run", system="random-gate", freeze_encoder=True)
     summary = train(config)
     model, _ = load_model(tmp_path / "run")

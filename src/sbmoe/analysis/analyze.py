@@ -21,8 +21,8 @@ from typing import Any
 
 from sbmoe.analysis.formats import FIGURE_FORMATS
 from sbmoe.errors import SbmoeError
+from sbmoe.evaluation.settings import SplitSettings
 from sbmoe.modeling.fields import setting
-from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
 
 logger = logging.getLogger(__name__)
 
@@ -30,43 +30,22 @@ PROJECTION_CHOICES = ("pca", "tsne")
 
 
 @dataclass
-class AnalyzeSettings:
+class AnalyzeSettings(SplitSettings):
     """What `sbmoe analyze` does."""
 
+    command = "analyze"
+
     model: str = setting(help="SB-MoE model folder")
-    dataset: str = setting(help="collection name (under --data-dir) or folder")
     split: str = setting("test", "qrels split whose judged queries are routed")
-    data_dir: str | None = setting(None, "folder of BEIR collections", null="$SBMOE_DATA")
     output_dir: str | None = setting(None, "where results go", null="runs/analyze/DATASET-SPLIT-MODEL")
     projection: str = setting("pca", "document map: pca or tsne (slower)", PROJECTION_CHOICES)
     max_points: int = setting(2000, "documents drawn on the map (and given to t-SNE)")
-    batch_size: int = setting(32, "texts per forward pass")
-    progress: bool = setting(True, "progress bars")
-    dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
     figure_format: str = setting("png", "file format of the two figures", FIGURE_FORMATS)
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        for field in ("model", "dataset", "split"):
-            if not str(getattr(self, field)).strip():
-                raise ValueError(f"{field} must not be empty")
-        if self.projection not in PROJECTION_CHOICES:
-            raise ValueError(f"projection must be one of {list(PROJECTION_CHOICES)}, got {self.projection!r}")
+        super().__post_init__()
         if self.max_points < 2:
             raise ValueError(f"max_points must be at least 2, got {self.max_points}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.figure_format not in FIGURE_FORMATS:
-            raise ValueError(
-                f"figure_format must be one of {list(FIGURE_FORMATS)}, got {self.figure_format!r}"
-            )
-
-    def resolved_output_dir(self, dataset_name: str) -> Path:
-        if self.output_dir:
-            return Path(self.output_dir)
-        model_tag = Path(self.model.rstrip("/")).name or "model"
-        return Path("runs") / "analyze" / f"{dataset_name}-{self.split}-{model_tag}"
 
 
 def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
@@ -76,23 +55,13 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
     (paths of routing.json, expert_shares.png, document_map.png; the figures .pdf or .svg after
     `settings.figure_format`). Raises SbmoeError for a model without an MoE block.
     """
-    import numpy as np
-    import torch
-
     from sbmoe.analysis.plots import plot_embedding_map, plot_expert_shares
-    from sbmoe.analysis.routing import router_probabilities, routing_summary
+    from sbmoe.analysis.routing import route, routing_summary
     from sbmoe.data import load_dataset
+    from sbmoe.evaluation.pipeline import pool_collection
     from sbmoe.io import provenance, write_json
     from sbmoe.modeling.loading import load_model
-    from sbmoe.modeling.moe import random_experts
-    from sbmoe.modeling.precision import resolve_dtype
-    from sbmoe.retrieval.encode import (
-        EmbeddingCache,
-        apply_head,
-        default_device,
-        encode_cached,
-        text_routing_keys,
-    )
+    from sbmoe.retrieval.encode import EmbeddingCache, default_device
 
     dataset = load_dataset(settings.dataset, settings.data_dir)
     qrels = dataset.qrels(settings.split)
@@ -107,41 +76,19 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
     model.to(device)
 
     # Texts exactly as `evaluate` encodes them, so that its cached pooled vectors are found.
-    cache = EmbeddingCache()
-    document_texts = corpus.document_texts()
-    query_ids = [query_id for query_id in qrels if query_id in queries]
-    query_texts = [queries[query_id] for query_id in query_ids]
-    encode = {
-        "cache": cache,
-        "batch_size": settings.batch_size,
-        "device": device,
-        "progress": settings.progress,
-        "dtype": resolve_dtype(settings.dtype, device),
-    }
-    pooled_docs, docs_from_cache = encode_cached(
-        model, tokenizer, corpus.ids, document_texts, "document", **encode
-    )  # [Nd, H]
-    pooled_queries, _ = encode_cached(model, tokenizer, query_ids, query_texts, "query", **encode)  # [Nq, H]
-
-    doc_probs = router_probabilities(model, pooled_docs)  # [Nd, E]
-    query_probs = router_probabilities(model, pooled_queries)  # [Nq, E]
+    pooled = pool_collection(
+        model, tokenizer, corpus, queries, qrels, cache=EmbeddingCache(), **settings.encoding(device)
+    )
+    query_ids = pooled.query_ids
     mode = model.config.default_mode
-    if mode == "random":  # RANDOM-GATE: the expert used is a hash of the text's tokens, not the gate's choice
-        expert_source = "random gate (hash of each text's tokens)"
-
-        def chosen(texts: list[str], kind: str) -> np.ndarray:
-            keys = text_routing_keys(tokenizer, texts, model.config.max_length_for(kind))
-            seed = model.config.random_gate_seed
-            return random_experts(torch.from_numpy(keys), num_experts, seed).numpy()
-
-        doc_experts = chosen(document_texts, "document")
-        query_experts = chosen(query_texts, "query")
-    else:  # the block's own top-1 choice: the gate's argmax, the nearest prototype, or the null expert
-        expert_source = "router's top-1 choice (eval mode, no noise)"
-        doc_experts, query_experts = (
-            apply_head(model, pooled_docs, mode)[1],
-            apply_head(model, pooled_queries, mode)[1],
-        )
+    doc_experts, doc_probs = route(model, pooled.documents, mode)  # [Nd], [Nd, E]
+    query_experts, query_probs = route(model, pooled.queries, mode)  # [Nq], [Nq, E]
+    # the block's own top-1 choice: the gate's argmax, the nearest prototype or the null expert
+    expert_source = (
+        "random gate (hash of each text's tokens)"
+        if model.moe.random_gate
+        else "router's top-1 choice (eval mode, no noise)"
+    )
 
     summary = routing_summary(
         query_probs,
@@ -160,7 +107,7 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
         "variant": model.config.variant,
         "default_mode": mode,
         "expert_source": expert_source,
-        "corpus_from_cache": docs_from_cache,
+        "corpus_from_cache": pooled.documents_from_cache,
         **summary,
     }
 
@@ -192,9 +139,9 @@ def analyze(settings: AnalyzeSettings) -> dict[str, Any]:
         f"Top-1 expert per text\n{title}",
         null_expert=summary["null_expert"],
     )
-    if len(pooled_docs) >= 2:
+    if len(pooled.documents) >= 2:
         plot_embedding_map(
-            pooled_docs,
+            pooled.documents.vectors,
             doc_experts,
             outputs["document_map"],
             f"Documents' pooled vectors by top-1 expert\n{title}",

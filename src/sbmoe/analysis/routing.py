@@ -27,6 +27,7 @@ from sbmoe.modeling.routing_stats import (
 
 if TYPE_CHECKING:
     from sbmoe.modeling.model import SBMoEModel
+    from sbmoe.retrieval.encode import Pooled
 
 ACTIVE_SHARE = 0.01  # the paper counts an expert as activated when it receives at least 1 % of texts
 
@@ -40,23 +41,22 @@ def active_experts(counts: Sequence[int], min_share: float = ACTIVE_SHARE, total
     return sum(1 for count in counts if total and count >= min_share * total)
 
 
-def router_probabilities(model: SBMoEModel, pooled: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-    """The router's probabilities [N, E] for pooled vectors [N, H] (eval mode, no noise): softmax(z), the
-    normalised sigmoid gates, or one-hot nearest prototypes (`SBMoEBlock.probabilities`).
-
-    Without a null expert, the TOP-1 expert of each text is their argmax.
-    """
-    import torch
+def route(model: SBMoEModel, pooled: Pooled, mode: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """What the block returns for pooled texts in routing `mode` (None: the model's default), eval mode:
+    each text's top expert [N] (E for the null expert) and the router's probabilities [N, E] (softmax(z),
+    the normalised sigmoid gates, or one-hot nearest prototypes: `SBMoEBlock.probabilities` of the
+    block's router logits). Under RANDOM-GATE the experts are its random choice; the probabilities stay
+    the gate's."""
+    from sbmoe.retrieval.encode import head_batches
 
     if model.moe is None:
         raise ValueError("this model has no MoE block, so it has no routing")
-    device = next(model.parameters()).device
-    out = np.empty((len(pooled), model.config.num_experts), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(pooled), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(pooled[start : start + batch_size])).to(device)
-            out[start : start + batch_size] = model.moe.routing_probabilities(chunk).cpu().numpy()
-    return out
+    experts = np.empty(len(pooled), dtype=np.int64)
+    probabilities = np.empty((len(pooled), model.config.num_experts), dtype=np.float32)
+    for rows, out in head_batches(model, pooled, mode):
+        experts[rows] = out.selected_experts[:, 0].cpu().numpy()
+        probabilities[rows] = model.moe.probabilities(out.router_logits).float().cpu().numpy()
+    return experts, probabilities
 
 
 def expert_shares(experts: np.ndarray, num_experts: int, null_expert: bool = False) -> list[float]:

@@ -18,6 +18,7 @@ import numpy as np
 from sbmoe.data import load_dataset
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
+from sbmoe.evaluation.pipeline import pool_collection, retrieve
 from sbmoe.evaluation.settings import EvaluateSettings
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.loading import load_model
@@ -25,14 +26,8 @@ from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.precision import dtype_name, resolve_dtype
 from sbmoe.modeling.routing_stats import expert_counts
 from sbmoe.retrieval.ann import ann_search, ann_settings, build_ann_index, recall_against_exact
-from sbmoe.retrieval.encode import (
-    EmbeddingCache,
-    apply_head,
-    default_device,
-    encode_cached,
-    text_routing_keys,
-)
-from sbmoe.retrieval.search import search, to_run
+from sbmoe.retrieval.encode import EmbeddingCache, default_device
+from sbmoe.retrieval.search import to_run
 from sbmoe.retrieval.trec import write_trec_run
 
 logger = logging.getLogger(__name__)
@@ -55,12 +50,7 @@ def evaluate(
     drop_self_hits = _decide_self_hits(settings.drop_self_hits, dataset)
 
     model, tokenizer = loaded or load_model(
-        settings.model,
-        pooling=settings.pooling,
-        normalize=settings.normalize,
-        query_max_length=settings.query_max_length,
-        document_max_length=settings.document_max_length,
-        trust_remote_code=settings.trust_remote_code,
+        settings.model, trust_remote_code=settings.trust_remote_code, **settings.encoder_settings()
     )
     modes = _check_modes(settings.modes, model)
     device = default_device()
@@ -68,56 +58,22 @@ def evaluate(
     dtype = resolve_dtype(settings.dtype, device)
 
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
-    document_texts = corpus.document_texts()
-    tick = time.perf_counter()
-    pooled_docs, from_cache = encode_cached(
-        model,
-        tokenizer,
-        corpus.ids,
-        document_texts,
-        cache=cache,
-        batch_size=settings.batch_size,
-        device=device,
-        progress=settings.progress,
-        dtype=dtype,
+    pooled = pool_collection(
+        model, tokenizer, corpus, queries, qrels, cache=cache, **settings.encoding(device)
     )
-    corpus_seconds = time.perf_counter() - tick
-
-    query_ids = [query_id for query_id in qrels if query_id in queries]
-    query_texts = [queries[q] for q in query_ids]
-    tick = time.perf_counter()
-    pooled_queries, _ = encode_cached(
-        model,
-        tokenizer,
-        query_ids,
-        query_texts,
-        "query",
-        cache=cache,
-        batch_size=settings.batch_size,
-        device=device,
-        progress=settings.progress,
-        dtype=dtype,
-    )
-    query_seconds = time.perf_counter() - tick
 
     summaries = []
     for mode in modes:
         tick = time.perf_counter()
-        doc_keys = query_keys = None
-        if mode == "random":  # the RANDOM-GATE choice is a function of each text's tokens
-            doc_keys = text_routing_keys(tokenizer, document_texts, model.config.document_max_length)
-            query_keys = text_routing_keys(tokenizer, query_texts, model.config.query_max_length)
-        doc_embeddings, doc_experts = apply_head(model, pooled_docs, mode, doc_keys)
-        query_embeddings, query_experts = apply_head(model, pooled_queries, mode, query_keys)
         # One extra hit per query so that dropping a self-hit still leaves top_k.
         k = settings.top_k + 1 if drop_self_hits else settings.top_k
-        scores, indices = search(query_embeddings, doc_embeddings, k, backend=settings.backend)
-        index_report = None
+        found = retrieve(model, pooled.queries, pooled.documents, k, mode, backend=settings.backend)
+        scores, indices, index_report = found.scores, found.indices, None
         if settings.index_type != "exact":
             scores, indices, index_report = _approximate_search(
-                settings, doc_embeddings, query_embeddings, k, exact_rows=indices
+                settings, found.document_embeddings, found.query_embeddings, k, exact_rows=indices
             )
-        run = to_run(query_ids, corpus.ids, scores, indices)
+        run = to_run(pooled.query_ids, pooled.document_ids, scores, indices)
         if drop_self_hits:
             run = {q: dict(islice(hits.items(), settings.top_k)) for q, hits in remove_self_hits(run).items()}
         result = evaluate_run(run, qrels, METRICS)
@@ -132,15 +88,14 @@ def evaluate(
             **result.aggregate,
             "num_queries": result.num_queries,
             "drop_self_hits": drop_self_hits,
-            "corpus_from_cache": from_cache,
+            "corpus_from_cache": pooled.documents_from_cache,
             "seconds": {
-                "corpus_encoding": round(corpus_seconds, 3),
-                "query_encoding": round(query_seconds, 3),
+                **{name: round(seconds, 3) for name, seconds in pooled.seconds.items()},
                 "head_search_and_metrics": round(time.perf_counter() - tick, 3),
                 "total": round(time.perf_counter() - started, 3),
             },
             "index": index_report,
-            "expert_counts": _expert_counts(model, query_experts, doc_experts),
+            "expert_counts": _expert_counts(model, found.query_experts, found.document_experts),
             "per_query": result.per_query,
         }
         write_trec_run(run, mode_dir / "run.trec", tag=_run_tag(settings.model))

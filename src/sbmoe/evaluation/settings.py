@@ -1,4 +1,5 @@
-"""`EvaluateSettings`: what `sbmoe evaluate` does, declared once (the command's flags are made from it).
+"""`EvaluateSettings`: what `sbmoe evaluate` does, declared once (the command's flags are made from it),
+on `SplitSettings`: what every command that runs a model over a collection split shares (evaluate, analyze).
 
 Imports no numpy, torch or transformers, so that `sbmoe evaluate --help` is fast.
 """
@@ -9,24 +10,61 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sbmoe.modeling.fields import setting
-from sbmoe.modeling.pooling import POOLING_METHODS
-from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
+from sbmoe.modeling.fields import check_choices, setting
+from sbmoe.modeling.precision import DTYPE_HELP, DTYPES, resolve_dtype
+from sbmoe.modeling.settings import EncoderOverrides
 from sbmoe.retrieval.choices import BACKENDS, INDEX_TYPES
 
 SELF_HIT_CHOICES = ("auto", "yes", "no")
 
 
 @dataclass
-class EvaluateSettings:
-    """What `sbmoe evaluate` does. None for a model setting keeps the model's own value."""
+class SplitSettings:
+    """A model run over one collection split, with its results in a folder. Subclasses set `command` (the
+    default output folder is runs/<command>/DATASET-SPLIT-MODEL) and may redeclare a field to change its
+    help; `__post_init__` checks every field declared with choices."""
+
+    command = "evaluate"
 
     model: str = setting(help="SB-MoE folder, encoder folder, hub id, or minilm-l6")
     dataset: str = setting(help="collection name (under --data-dir) or folder")
     split: str = setting("test", "qrels split")
     data_dir: str | None = setting(None, "folder of BEIR collections", null="$SBMOE_DATA")
-    output_dir: str | None = setting(None, "where results go", null="runs/evaluate/DATASET-SPLIT-MODEL")
+    output_dir: str | None = setting(None, "where results go", null="runs/COMMAND/DATASET-SPLIT-MODEL")
     batch_size: int = setting(32, "texts per forward pass")
+    progress: bool = setting(True, "progress bars")
+    dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        for field in ("model", "dataset", "split"):
+            if not str(getattr(self, field)).strip():
+                raise ValueError(f"{field} must not be empty")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+
+    def resolved_output_dir(self, dataset_name: str) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        model_tag = Path(self.model.rstrip("/")).name or "model"
+        return Path("runs") / self.command / f"{dataset_name}-{self.split}-{model_tag}"
+
+    def encoding(self, device: Any) -> dict[str, Any]:
+        """How these settings encode on `device`: the keyword arguments of
+        `sbmoe.evaluation.pipeline.pool_collection` (and `encode_cached`) other than the cache."""
+        return {
+            "batch_size": self.batch_size,
+            "device": device,
+            "progress": self.progress,
+            "dtype": resolve_dtype(self.dtype, device),
+        }
+
+
+@dataclass
+class EvaluateSettings(SplitSettings, EncoderOverrides):
+    """What `sbmoe evaluate` does. None for a model setting keeps the model's own value."""
+
+    output_dir: str | None = setting(None, "where results go", null="runs/evaluate/DATASET-SPLIT-MODEL")
     top_k: int = setting(1000, "hits per query in the run")
     drop_self_hits: str = setting(
         "auto",
@@ -34,13 +72,8 @@ class EvaluateSettings:
         SELF_HIT_CHOICES,
     )
     backend: str = setting("torch", "exact search backend", BACKENDS)
-    pooling: str | None = setting(None, "override the model's pooling", POOLING_METHODS, null="the model's")
-    normalize: bool | None = setting(None, "override L2 normalisation", null="the model's")
-    query_max_length: int | None = setting(None, "override the queries' max tokens", null="the model's")
-    document_max_length: int | None = setting(None, "override the documents' max tokens", null="the model's")
     cache_dir: str | None = setting(None, "embedding cache", null="$SBMOE_CACHE or ~/.cache/sbmoe")
     use_cache: bool = setting(True, "read and write cached embeddings")
-    progress: bool = setting(True, "progress bars")
     trust_remote_code: bool = setting(False, "allow a model's own code to run")
     modes: tuple[str, ...] | None = setting(
         None,
@@ -56,25 +89,8 @@ class EvaluateSettings:
     index_settings: dict[str, Any] | None = setting(
         None, "settings of the approximate index (see ann_settings)", null="its defaults"
     )
-    dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {list(DTYPES)}, got {self.dtype!r}")
-        if self.drop_self_hits not in SELF_HIT_CHOICES:
-            raise ValueError(
-                f"drop_self_hits must be one of {list(SELF_HIT_CHOICES)}, got {self.drop_self_hits!r}"
-            )
-        if self.index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type must be one of {list(INDEX_TYPES)}, got {self.index_type!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
-        for field in ("batch_size", "top_k"):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be at least 1, got {getattr(self, field)}")
-
-    def resolved_output_dir(self, dataset_name: str) -> Path:
-        if self.output_dir:
-            return Path(self.output_dir)
-        model_tag = Path(self.model.rstrip("/")).name or "model"
-        return Path("runs") / "evaluate" / f"{dataset_name}-{self.split}-{model_tag}"
+        super().__post_init__()
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")

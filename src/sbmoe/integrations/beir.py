@@ -15,7 +15,7 @@ max lengths, and the routing mode (default: the model's `default_mode`) is fixed
 
 `SbmoeBeirModel.embed` is the path every integration takes (the MTEB encoder delegates to it): the
 library's pooled encoding (`encode_pooled`, or `encode_cached` when ids and a cache are given), then the
-model's head (`apply_head`), with each text's routing key for the "random" mode. This module needs
+model's head (`apply_head`; the pooled texts carry the routing keys any mode needs). This module needs
 nothing beyond sbmoe; beir itself is only needed to run the search.
 """
 
@@ -39,7 +39,6 @@ from sbmoe.retrieval.encode import (
     default_device,
     encode_cached,
     encode_pooled,
-    text_routing_keys,
 )
 
 KINDS = ("query", "document")
@@ -109,10 +108,7 @@ class SbmoeBeirModel:
             pooled, _ = encode_cached(self.model, self.tokenizer, ids, texts, kind, cache=cache, **options)
         else:
             pooled = encode_pooled(self.model, self.tokenizer, texts, kind, **options)
-        keys = None
-        if self.mode == "random":  # the RANDOM-GATE choice is a function of each text's tokens
-            keys = text_routing_keys(self.tokenizer, texts, self.model.config.max_length_for(kind))
-        embeddings, _ = apply_head(self.model, pooled, self.mode, keys)
+        embeddings, _ = apply_head(self.model, pooled, self.mode)
         return embeddings
 
     def encode_queries(

@@ -34,8 +34,8 @@ except ImportError:  # sentence-transformers 5
 class SBMoEHead(Module):
     """The SB-MoE block over `features["sentence_embedding"]`, routing with a fixed inference mode.
 
-    Adds `features["selected_experts"]` [B, K]. The "random" mode derives each text's expert from its
-    token ids, exactly as `SBMoEModel` does.
+    Adds `features["selected_experts"]` [B, K]. The block gets each text's routing key from its token ids,
+    exactly as `SBMoEModel.forward` passes it.
     """
 
     config_keys = ["block_settings", "mode"]
@@ -54,9 +54,7 @@ class SBMoEHead(Module):
         self.mode = mode
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        keys = (
-            routing_keys(features["input_ids"], features["attention_mask"]) if self.mode == "random" else None
-        )
+        keys = routing_keys(features["input_ids"], features["attention_mask"])  # what "random" routes by
         out, routing = self.block(features["sentence_embedding"], self.mode, keys)
         features["sentence_embedding"] = out
         features["selected_experts"] = routing.selected_experts

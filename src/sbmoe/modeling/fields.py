@@ -3,7 +3,7 @@ setting is declared, documented and (by `sbmoe.commands.flags`) turned into a co
 
 from __future__ import annotations
 
-from dataclasses import MISSING, field
+from dataclasses import MISSING, field, fields
 from typing import Any
 
 
@@ -18,3 +18,16 @@ def setting(
     if null is not None:
         metadata["null"] = null
     return field(default=default, metadata=metadata)
+
+
+def check_choices(settings: Any, of: type | None = None) -> None:
+    """Raise ValueError naming the first field of the dataclass instance `settings` (only the fields of class
+    `of`, when given) whose value is not among the choices its `setting()` declares. None passes where it is
+    the field's default (a setting left to someone else, e.g. the model)."""
+    for spec in fields(of or settings):
+        choices = spec.metadata.get("choices")
+        value = getattr(settings, spec.name)
+        if choices is None or (value is None and spec.default is None):
+            continue
+        if value not in choices:
+            raise ValueError(f"{spec.name} must be one of {list(choices)}, got {value!r}")

@@ -22,7 +22,7 @@ from sbmoe.io import staged_folder
 from sbmoe.modeling.card import model_card
 from sbmoe.modeling.config import SBMoEConfig
 from sbmoe.modeling.model import SBMoEModel
-from sbmoe.modeling.settings import BLOCK_FIELDS, BlockSettings
+from sbmoe.modeling.settings import BLOCK_FIELDS, ENCODER_FIELDS, BlockSettings
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +111,8 @@ def load_model(
 ) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
     """Load a retriever and its tokenizer. Arguments left as None keep the model's own settings."""
     name = resolve_model_name(name_or_path)
-    overrides = {
-        "pooling": pooling,
-        "normalize": normalize,
-        "query_max_length": query_max_length,
-        "document_max_length": document_max_length,
-    }
-    overrides = {key: value for key, value in overrides.items() if value is not None}
+    given = (pooling, normalize, query_max_length, document_max_length)
+    overrides = {key: value for key, value in zip(ENCODER_FIELDS, given, strict=True) if value is not None}
     name = str(local_folder(name, with_code=trust_remote_code))
     try:
         if is_sbmoe_folder(name):
@@ -197,10 +192,7 @@ def build_model(
         raise ValueError(f"unknown block setting(s) {sorted(unknown)}; known: {list(BLOCK_FIELDS)}")
     BlockSettings(**block_settings)  # a bad value is reported before the base model loads
     base_model, tokenizer = load_model(base, trust_remote_code=trust_remote_code, **(encoder_settings or {}))
-    config_dict = {
-        key: getattr(base_model.config, key)
-        for key in ("pooling", "normalize", "query_max_length", "document_max_length")
-    }
+    config_dict = {key: getattr(base_model.config, key) for key in ENCODER_FIELDS}
     config = SBMoEConfig(encoder=base_model.encoder.config, use_moe=use_moe, **config_dict, **block_settings)
     with torch.random.fork_rng(devices=[]):  # the constructor's draws from the global generator: discarded
         model = SBMoEModel(config, encoder=base_model.encoder)

@@ -9,9 +9,11 @@ Adding a setting is adding a field here, with a default that reproduces the beha
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from functools import lru_cache
 from typing import Any
 
-from .fields import setting
+from .fields import check_choices, setting
+from .pooling import POOLING_METHODS
 
 # Allowed values, here and not in moe.py so that the settings (and the command line) need no torch.
 VARIANTS = ("faithful", "learned")
@@ -21,6 +23,28 @@ TOP1_WEIGHTS = ("softmax", "straight-through")
 ACTIVATION_NAMES = ("relu", "gelu", "silu", "tanh")
 
 
+ENCODER_FIELDS = ("pooling", "normalize", "query_max_length", "document_max_length")
+
+
+@dataclass(kw_only=True)
+class EncoderOverrides:
+    """Encoder settings a command may set on the model it loads or builds; None keeps the model's own.
+
+    Declared once here: `EvaluateSettings` and `TrainingConfig` inherit these fields (and so their flags);
+    `load_model` and `build_model` take them as keywords (`encoder_settings()`).
+    """
+
+    pooling: str | None = setting(None, "override the model's pooling", POOLING_METHODS, null="the model's")
+    normalize: bool | None = setting(None, "override L2 normalisation", null="the model's")
+    query_max_length: int | None = setting(None, "override the queries' max tokens", null="the model's")
+    document_max_length: int | None = setting(None, "override the documents' max tokens", null="the model's")
+
+    def encoder_settings(self) -> dict[str, Any]:
+        """{field: value} of the four overrides (None: keep the model's)."""
+        return {name: getattr(self, name) for name in ENCODER_FIELDS}
+
+
+@lru_cache(maxsize=64)  # the block checks its mode on every forward: each (mode, N) is parsed once
 def parse_mode(mode: str, num_experts: int) -> tuple[str, int]:
     """ "top1" | "topk:K" | "all" | "random" -> (kind, number of experts used per text).
 
@@ -109,11 +133,7 @@ class BlockSettings:
 
     def validate(self) -> None:
         """Raise ValueError naming the offending field and what it accepts."""
-        for spec in fields(BlockSettings):
-            choices = spec.metadata.get("choices")
-            value = getattr(self, spec.name)
-            if choices is not None and value not in choices:
-                raise ValueError(f"{spec.name} must be one of {list(choices)}, got {value!r}")
+        check_choices(self, BlockSettings)
         if not _is_int(self.num_experts) or self.num_experts < 1:
             raise ValueError(f"num_experts must be an integer >= 1, got {self.num_experts!r}")
         for name in ("expert_hidden_size", "gate_hidden_size"):

@@ -1,7 +1,11 @@
-"""Batched encoding of texts into pooled vectors, and a disk cache for corpus embeddings.
+"""Batched encoding of texts into pooled vectors, the model's head over them, and a disk cache.
 
-The cache stores the encoder's pooled output (before the model's head), so a change of head settings or
-routing mode reuses it. Its key covers the encoder weights, pooling, max length, the compute dtype (see
+Texts become `Pooled`: the encoder's pooled output [N, H] and each text's routing key [N] (a hash of its
+token ids, which the RANDOM-GATE routes by). The two travel together, through the cache too, so
+`apply_head` runs the head in any routing mode without its caller knowing which mode needs what.
+
+The cache stores the pooled output (before the model's head), so a change of head settings or routing
+mode reuses it. Its key covers the encoder weights, pooling, max length, the compute dtype (see
 `sbmoe.modeling.precision`) and the exact texts.
 """
 
@@ -11,7 +15,8 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +24,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from sbmoe.io import staged_folder
-from sbmoe.modeling.model import SBMoEModel
+from sbmoe.io import atomic_open, staged_folder
+from sbmoe.modeling.model import SBMoEModel, SBMoEOutput
 from sbmoe.modeling.moe import routing_keys
 from sbmoe.modeling.precision import dtype_name, encoder_autocast
 from sbmoe.progress import progress_bar
@@ -29,6 +34,28 @@ logger = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
 CHUNK_SIZE = 4096  # texts tokenised and sorted by length at a time: bounds memory on any corpus
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """Pooled encoder outputs of N texts, and what the head needs besides them in every routing mode.
+
+    vectors [N, H] float32: the encoder's pooled output (before the head).
+    keys [N] int64: each text's routing key (`sbmoe.modeling.moe.routing_keys` of its token ids), which
+    the "random" mode routes by. Every encoding path fills it; vectors made by hand may leave it None
+    (then only the "random" mode is refused, by the block).
+    """
+
+    vectors: np.ndarray
+    keys: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> Pooled:
+        """The texts at `rows`, in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Pooled(self.vectors[rows], None if self.keys is None else self.keys[rows])
 
 
 def default_device() -> torch.device:
@@ -47,20 +74,22 @@ def encode_pooled(
     progress: bool = True,
     chunk_size: int = CHUNK_SIZE,
     dtype: torch.dtype = torch.float32,
-) -> np.ndarray:
-    """Encode `texts` ("query" or "document" limits apply) into pooled vectors [N, H], float32.
+) -> Pooled:
+    """Encode `texts` ("query" or "document" limits apply): pooled vectors [N, H] float32 and routing keys.
 
     Texts go through in chunks of `chunk_size` (see `pool_chunk`); rows come back in the input order.
     dtype: the encoder's compute dtype (float32, or bfloat16 autocast).
     """
-    pooled = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    vectors = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    keys = np.empty(len(texts), dtype=np.int64)
     with progress_bar(total=len(texts), desc=f"Encoding {kind}s", unit=kind[:3], progress=progress) as bar:
         for start in range(0, len(texts), chunk_size):
-            chunk = texts[start : start + chunk_size]
-            pooled[start : start + len(chunk)], _ = pool_chunk(
-                model, tokenizer, chunk, kind, batch_size=batch_size, device=device, bar=bar, dtype=dtype
-            )
-    return pooled
+            chunk = pool_chunk(
+                model, tokenizer, texts[start : start + chunk_size], kind,
+                batch_size=batch_size, device=device, bar=bar, dtype=dtype,
+            )  # fmt: skip
+            vectors[start : start + len(chunk)], keys[start : start + len(chunk)] = chunk.vectors, chunk.keys
+    return Pooled(vectors, keys)
 
 
 def pool_chunk(
@@ -73,7 +102,7 @@ def pool_chunk(
     device: torch.device | None = None,
     bar: tqdm | None = None,
     dtype: torch.dtype = torch.float32,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> Pooled:
     """Pooled vectors [n, H] float32 and routing keys [n] of a chunk of texts, in input order.
 
     The chunk is tokenised once, then batched longest first so padding is small. A chunk's result
@@ -105,7 +134,7 @@ def pool_chunk(
             if bar is not None:
                 bar.update(len(rows))
     model.train(was_training)
-    return pooled, keys
+    return Pooled(pooled, keys)
 
 
 def embed_chunk(
@@ -121,42 +150,48 @@ def embed_chunk(
     dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The scored embeddings [n, H] of a chunk of texts under routing `mode`, and each text's top expert
-    [n] (None without an MoE block): `pool_chunk`, then `apply_head` (with the texts' own routing keys
-    for the "random" mode)."""
-    pooled, keys = pool_chunk(
+    [n] (None without an MoE block): `pool_chunk`, then `apply_head`."""
+    pooled = pool_chunk(
         model, tokenizer, texts, kind, batch_size=batch_size, device=device, bar=bar, dtype=dtype
     )
-    return apply_head(model, pooled, mode, keys if mode == "random" else None)
+    return apply_head(model, pooled, mode)
 
 
 def apply_head(
-    model: SBMoEModel,
-    pooled: np.ndarray,
-    mode: str | None = None,
-    keys: np.ndarray | None = None,
-    batch_size: int = 8192,
+    model: SBMoEModel, pooled: Pooled, mode: str | None = None, batch_size: int = 8192
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Run the model's head over pooled vectors [N, H] in batches.
+    """Run the model's head over pooled texts in batches, routing with `mode` (see `SBMoEModel.head`;
+    None: the model's default).
 
-    mode: inference routing (see `SBMoEModel.head`); keys [N]: routing keys, needed by "random".
     Returns the embeddings [N, H] float32 and, with an MoE block, each text's top expert [N] (else None).
     """
-    device = next(model.parameters()).device
-    embeddings = np.empty(pooled.shape, dtype=np.float32)
+    embeddings = np.empty(pooled.vectors.shape, dtype=np.float32)
     experts = np.empty(len(pooled), dtype=np.int64) if model.moe is not None else None
+    for rows, out in head_batches(model, pooled, mode, batch_size):
+        embeddings[rows] = out.embeddings.float().cpu().numpy()
+        if experts is not None:
+            experts[rows] = out.selected_experts[:, 0].cpu().numpy()
+    return embeddings, experts
+
+
+def head_batches(
+    model: SBMoEModel, pooled: Pooled, mode: str | None = None, batch_size: int = 8192
+) -> Iterator[tuple[slice, SBMoEOutput]]:
+    """`model.head` over pooled texts, `batch_size` rows at a time, in eval mode (restored afterwards) and
+    without gradients: yields (rows, the head's output for those rows)."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
+    try:
         for start in range(0, len(pooled), batch_size):
-            stop = start + batch_size
-            chunk = torch.from_numpy(np.ascontiguousarray(pooled[start:stop])).to(device)
-            chunk_keys = torch.from_numpy(keys[start:stop]).to(device) if keys is not None else None
-            out = model.head(chunk, mode=mode, keys=chunk_keys)
-            embeddings[start:stop] = out.embeddings.float().cpu().numpy()
-            if experts is not None:
-                experts[start:stop] = out.selected_experts[:, 0].cpu().numpy()
-    model.train(was_training)
-    return embeddings, experts
+            rows = slice(start, start + batch_size)
+            with torch.inference_mode():  # not held across the yield: the caller's code keeps its grad mode
+                vectors = torch.from_numpy(np.ascontiguousarray(pooled.vectors[rows])).to(device)
+                keys = None if pooled.keys is None else torch.from_numpy(pooled.keys[rows]).to(device)
+                out = model.head(vectors, mode=mode, keys=keys)
+            yield rows, out
+    finally:
+        model.train(was_training)
 
 
 def text_routing_keys(
@@ -201,7 +236,10 @@ def default_cache_dir() -> Path:
 
 
 class EmbeddingCache:
-    """Pooled embeddings on disk: <root>/embeddings/<key>/{embeddings.npy, ids.json, meta.json}."""
+    """Pooled texts on disk: <root>/embeddings/<key>/{embeddings.npy, keys.npy, ids.json, meta.json}.
+
+    Entries written before routing keys were cached have no keys.npy; `encode_cached` adds it.
+    """
 
     def __init__(self, root: str | Path | None = None):
         self.root = Path(root) if root is not None else default_cache_dir()
@@ -228,8 +266,9 @@ class EmbeddingCache:
     def folder(self, key: str) -> Path:
         return self.root / "embeddings" / key
 
-    def load(self, key: str, ids: Sequence[str]) -> np.ndarray | None:
-        """The cached array for `key` if present, complete and for exactly these ids; else None."""
+    def load(self, key: str, ids: Sequence[str]) -> Pooled | None:
+        """The cached entry for `key` if present, complete and for exactly these ids (its keys None when
+        the entry predates cached routing keys or they are unreadable); else None."""
         folder = self.folder(key)
         try:
             cached_ids = json.loads((folder / "ids.json").read_text(encoding="utf-8"))
@@ -241,16 +280,28 @@ class EmbeddingCache:
         if cached_ids != list(ids) or array.shape[0] != len(ids):
             logger.warning("ignoring embedding cache %s: it holds other documents", folder)
             return None
-        return array
+        try:
+            keys = np.load(folder / "keys.npy", allow_pickle=False)
+        except (OSError, ValueError):
+            keys = None
+        if keys is not None and keys.shape != (len(ids),):
+            keys = None
+        return Pooled(array, keys)
 
-    def save(self, key: str, ids: Sequence[str], array: np.ndarray, meta: dict) -> Path:
+    def save(self, key: str, ids: Sequence[str], pooled: Pooled, meta: dict) -> Path:
         """Write atomically: a temporary folder renamed into place (replacing an older entry), so a crash
         leaves no half entry."""
         with staged_folder(self.folder(key), replace=True) as staging:
-            np.save(staging / "embeddings.npy", np.ascontiguousarray(array, dtype=np.float32))
+            np.save(staging / "embeddings.npy", np.ascontiguousarray(pooled.vectors, dtype=np.float32))
+            np.save(staging / "keys.npy", np.ascontiguousarray(pooled.keys, dtype=np.int64))
             (staging / "ids.json").write_text(json.dumps(list(ids)), encoding="utf-8")
             (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
         return self.folder(key)
+
+    def add_keys(self, key: str, keys: np.ndarray) -> None:
+        """Add routing keys to an entry written before they were cached (one atomic file write)."""
+        with atomic_open(self.folder(key) / "keys.npy", "wb") as handle:
+            np.save(handle, np.ascontiguousarray(keys, dtype=np.int64))
 
 
 def encode_cached(
@@ -265,17 +316,24 @@ def encode_cached(
     device: torch.device | None = None,
     progress: bool = True,
     dtype: torch.dtype = torch.float32,
-) -> tuple[np.ndarray, bool]:
-    """Pooled vectors [N, H] of `texts` ("query" or "document"), from the cache when possible; the encoder
-    runs in `dtype` (part of the cache key).
+) -> tuple[Pooled, bool]:
+    """`encode_pooled` of `texts` ("query" or "document"), from the cache when possible; the encoder runs
+    in `dtype` (part of the cache key).
 
-    Returns the array and whether it came from the cache.
+    Returns the pooled texts and whether they came from the cache.
     """
     key = cache.key(model, kind, ids, texts, dtype) if cache is not None else None
     if cache is not None:
         cached = cache.load(key, ids)
         if cached is not None:
-            logger.info("Reusing cached %s embeddings %s (%d x %d)", kind, cache.folder(key), *cached.shape)
+            logger.info(
+                "Reusing cached %s embeddings %s (%d x %d)", kind, cache.folder(key), *cached.vectors.shape
+            )
+            if cached.keys is None:  # an entry from before routing keys were cached: tokenising is enough
+                cached = Pooled(
+                    cached.vectors, text_routing_keys(tokenizer, texts, model.config.max_length_for(kind))
+                )
+                cache.add_keys(key, cached.keys)
             return cached, True
     pooled = encode_pooled(
         model, tokenizer, texts, kind, batch_size=batch_size, device=device, progress=progress, dtype=dtype
@@ -284,7 +342,7 @@ def encode_cached(
         meta = {
             "kind": kind,
             "count": len(ids),
-            "hidden_size": pooled.shape[1],
+            "hidden_size": pooled.vectors.shape[1],
             "dtype": dtype_name(dtype),
             "model": model.config.name_or_path,
         }

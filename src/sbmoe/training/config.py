@@ -11,10 +11,9 @@ from typing import Any
 import yaml
 
 from sbmoe.errors import SbmoeError
-from sbmoe.modeling.fields import setting
-from sbmoe.modeling.pooling import POOLING_METHODS
+from sbmoe.modeling.fields import check_choices, setting
 from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
-from sbmoe.modeling.settings import BlockSettings, block_settings_of
+from sbmoe.modeling.settings import BlockSettings, EncoderOverrides, block_settings_of
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +78,7 @@ def _regime_default(name: str) -> str:
 
 
 @dataclass(kw_only=True)
-class TrainingConfig(BlockSettings):
+class TrainingConfig(BlockSettings, EncoderOverrides):
     """What `sbmoe train` does. Fields left as None take the base encoder's own setting or a default.
 
     The block's settings are inherited from `BlockSettings` (one declaration, validated there), so a config
@@ -120,10 +119,6 @@ class TrainingConfig(BlockSettings):
         "starts every expert; the router starts fresh",
     )
     upcycle_noise: float = setting(0.01, "noise added to each upcycled tensor, times its std")
-    pooling: str | None = setting(None, "override the base's pooling", POOLING_METHODS, null="the base's")
-    normalize: bool | None = setting(None, "override L2 normalisation", null="the base's")
-    query_max_length: int | None = setting(None, "override the queries' max tokens", null="the base's")
-    document_max_length: int | None = setting(None, "override the documents' max tokens", null="the base's")
     # loss
     temperature: float = setting(0.05, "temperature of the contrastive loss")
     symmetric: bool = setting(False, "add the document->query term")
@@ -174,17 +169,13 @@ class TrainingConfig(BlockSettings):
     trust_remote_code: bool = setting(False, "allow a model's own code to run")
 
     def __post_init__(self) -> None:
-        _check_choice("system", self.system, SYSTEMS)
+        check_choices(self)  # the system first: it decides other settings
         self._apply_system()
         for name, value in DEFAULT_RECIPE[self.regime].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
         super().__post_init__()  # the block's fields
-        _check_choice("schedule", self.schedule, SCHEDULES)
-        _check_choice("dtype", self.dtype, DTYPES)
-        _check_choice("selection", self.selection, SELECTIONS)
-        if self.preset is not None:
-            _check_choice("preset", self.preset, ("paper",))
+        check_choices(self)  # schedule, dtype, selection, preset, ...
         for name in ("batch_size", "epochs", "encode_batch_size", "hard_negative_depth"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -242,21 +233,8 @@ class TrainingConfig(BlockSettings):
         """The block's settings this training run asks for (fields of `BlockSettings`)."""
         return asdict(block_settings_of(self))
 
-    def encoder_settings(self) -> dict[str, Any]:
-        return {
-            "pooling": self.pooling,
-            "normalize": self.normalize,
-            "query_max_length": self.query_max_length,
-            "document_max_length": self.document_max_length,
-        }
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
 FIELD_NAMES = {field.name for field in fields(TrainingConfig)}

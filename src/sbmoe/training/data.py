@@ -18,12 +18,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sbmoe.data import BeirDataset, document_text, load_dataset
 from sbmoe.distributed import DistributedInfo
 from sbmoe.errors import SbmoeError
+from sbmoe.retrieval.encode import Pooled
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.negatives import Negatives, load_negatives_run, mine_bm25_negatives, sample_negatives
 
@@ -204,6 +204,26 @@ def interleave(batches_of: Sequence[list[Batch]], seed: int, epoch: int) -> list
 # ------------------------------------------------------------------------------------ training collections
 
 
+@dataclass(frozen=True)
+class PooledTable:
+    """A frozen encoder's pooled texts of one kind ("query" or "document") of a collection, by id."""
+
+    rows: dict[str, int]  # id -> row
+    pooled: Pooled
+
+    @classmethod
+    def of(cls, ids: list[str], pooled: Pooled) -> PooledTable:
+        return cls({text_id: row for row, text_id in enumerate(ids)}, pooled)
+
+    def vectors(self, ids: list[str]) -> torch.Tensor:
+        """The pooled vectors [len(ids), H] of these ids, in order."""
+        return torch.from_numpy(self.pooled.vectors[[self.rows[i] for i in ids]])
+
+    def take(self, ids: list[str]) -> Pooled:
+        """The pooled texts of these ids, in order (with their routing keys)."""
+        return self.pooled.take([self.rows[i] for i in ids])
+
+
 @dataclass
 class CollectionData:
     """What the loop reads of one training collection, in its own ids: examples, texts, and (frozen
@@ -218,9 +238,7 @@ class CollectionData:
     negatives: Negatives | None
     doc_rows: dict[str, int]  # corpus id -> row
     validation_doc_ids: list[str]  # the documents searched at validation (fixed for the whole run)
-    pooled: dict[str, tuple[dict[str, int], torch.Tensor]] | None = None  # kind -> (id -> row, [N, H])
-    # RANDOM-GATE's routing keys of the validation texts, (documents, queries): fixed, so computed once
-    validation_keys: tuple[np.ndarray, np.ndarray] | None = None
+    pooled: dict[str, PooledTable] | None = None  # frozen encoder: "query" / "document" -> its table
 
     def document_texts(self, ids: list[str]) -> list[str]:
         """The texts to encode for these documents (`sbmoe.data.document_text`)."""

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.optim.lr_scheduler import LRScheduler
 from transformers import PreTrainedTokenizerBase, get_scheduler
@@ -57,6 +56,7 @@ from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import (
     Batch,
     CollectionData,
+    PooledTable,
     TrainingData,
     collection_names,
     load_training_data,
@@ -243,26 +243,23 @@ def _upcycle(model: SBMoEModel, config: TrainingConfig) -> None:
 
 def _pool_everything(
     net: ModelOnDevice, collection: CollectionData, config: TrainingConfig
-) -> dict[str, tuple[dict[str, int], torch.Tensor]]:
+) -> dict[str, PooledTable]:
     """Frozen encoder: the pooled vector of every query and document of a collection, encoded once (and
     cached on disk, under the collection's own ids: shared with evaluation)."""
     cache = EmbeddingCache()
     corpus, queries = collection.dataset.corpus, collection.dataset.queries
     wanted = sorted({e.query_id for e in (*collection.train, *collection.validation)})
-    pooled = {}
+    tables = {}
     for kind, ids, texts in (
         ("document", corpus.ids, corpus.document_texts()),
         ("query", wanted, [queries[q] for q in wanted]),
     ):
-        vectors, _ = encode_cached(
+        pooled, _ = encode_cached(
             net.model, net.tokenizer, ids, texts, kind, cache=cache, batch_size=config.encode_batch_size,
             device=net.device, progress=config.progress, dtype=net.dtype,
         )  # fmt: skip
-        pooled[kind] = (
-            {doc_id: row for row, doc_id in enumerate(ids)},
-            torch.from_numpy(np.asarray(vectors)),
-        )
-    return pooled
+        tables[kind] = PooledTable.of(list(ids), pooled)
+    return tables
 
 
 def _init_prototypes(net: ModelOnDevice, data: TrainingData, config: TrainingConfig) -> None:
@@ -274,7 +271,7 @@ def _init_prototypes(net: ModelOnDevice, data: TrainingData, config: TrainingCon
     tables = []
     for collection in data.collections:
         if collection.pooled is not None:
-            tables.append(collection.pooled["document"][1])
+            tables.append(torch.from_numpy(collection.pooled["document"].pooled.vectors))
             continue
         corpus = collection.dataset.corpus
         pooled, _ = encode_cached(
@@ -282,7 +279,7 @@ def _init_prototypes(net: ModelOnDevice, data: TrainingData, config: TrainingCon
             cache=EmbeddingCache(), batch_size=config.encode_batch_size, device=net.device,
             progress=config.progress, dtype=net.dtype,
         )  # fmt: skip
-        tables.append(torch.from_numpy(np.asarray(pooled)))
+        tables.append(torch.from_numpy(pooled.vectors))
     vectors = torch.cat(tables)  # [documents of all collections, H]
     assignment = init_prototypes(block, vectors, seed=config.seed, balanced=block.settings.cluster_balanced)
     sizes = torch.bincount(assignment, minlength=block.num_experts).tolist()
@@ -373,8 +370,7 @@ def _embed(
     noise: [len(ids), N] routing noise."""
     model, device = net.model, net.device
     if collection.pooled is not None:
-        rows, table = collection.pooled[kind]
-        pooled = table[[rows[i] for i in ids]].to(device)
+        pooled = collection.pooled[kind].vectors(ids).to(device)
     else:
         texts = (
             [collection.dataset.queries[i] for i in ids]

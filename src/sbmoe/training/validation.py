@@ -6,9 +6,9 @@ from __future__ import annotations
 import statistics
 
 from sbmoe.evaluation.metrics import evaluate_run
+from sbmoe.evaluation.pipeline import retrieve
 from sbmoe.modeling.precision import resolve_dtype
-from sbmoe.retrieval.encode import apply_head, encode_pooled, text_routing_keys
-from sbmoe.retrieval.search import exact_search, to_run
+from sbmoe.retrieval.encode import encode_pooled
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import CollectionData, TrainingData
 
@@ -42,36 +42,18 @@ def _validate_collection(
     query_ids = [e.query_id for e in collection.validation]
     doc_ids = collection.validation_doc_ids
     if collection.pooled is not None:
-        rows, table = collection.pooled["document"]
-        pooled_docs = table[[rows[i] for i in doc_ids]].numpy()
-        rows, table = collection.pooled["query"]
-        pooled_queries = table[[rows[i] for i in query_ids]].numpy()
+        pooled_docs = collection.pooled["document"].take(doc_ids)
+        pooled_queries = collection.pooled["query"].take(query_ids)
     else:
         dtype = resolve_dtype(config.dtype, device)
         pooled_docs = encode_pooled(
-            model, tokenizer, _document_texts(collection, doc_ids), "document",
+            model, tokenizer, collection.document_texts(doc_ids), "document",
             batch_size=config.encode_batch_size, device=device, progress=False, dtype=dtype,
         )  # fmt: skip
         pooled_queries = encode_pooled(
             model, tokenizer, [queries[q] for q in query_ids], "query",
             batch_size=config.encode_batch_size, device=device, progress=False, dtype=dtype,
         )  # fmt: skip
-    doc_keys = query_keys = None
-    if model.moe is not None and model.config.default_mode == "random":  # RANDOM-GATE routes by text
-        if collection.validation_keys is None:  # tokenising the corpus at every epoch would dominate
-            limits = model.config.document_max_length, model.config.query_max_length
-            collection.validation_keys = (
-                text_routing_keys(tokenizer, _document_texts(collection, doc_ids), limits[0]),
-                text_routing_keys(tokenizer, [queries[q] for q in query_ids], limits[1]),
-            )
-        doc_keys, query_keys = collection.validation_keys
-    doc_embeddings, _ = apply_head(model, pooled_docs, keys=doc_keys)
-    query_embeddings, _ = apply_head(model, pooled_queries, keys=query_keys)
-    scores, indices = exact_search(query_embeddings, doc_embeddings, k=100)
-    run = to_run(query_ids, doc_ids, scores, indices)
+    run = retrieve(model, pooled_queries, pooled_docs, k=100).run(query_ids, doc_ids)
     qrels = {q: collection.validation_qrels[q] for q in query_ids}
     return evaluate_run(run, qrels).aggregate
-
-
-def _document_texts(collection: CollectionData, ids: list[str]) -> list[str]:
-    return collection.document_texts(ids)
