@@ -440,3 +440,36 @@ def test_default_recipe_depends_on_the_regime_and_explicit_values_win():
         "constant",
         0.0,
     )
+
+
+def test_a_frozen_encoders_checkpoint_holds_the_block_only_and_restores_it(tiny_encoder, tmp_path):
+    """With the encoder frozen, a checkpoint leaves the encoder out (it is the base's, rebuilt on resume)
+    and restores every other weight; a model whose encoder trains refuses such a checkpoint."""
+    from sbmoe.distributed import DistributedInfo
+    from sbmoe.errors import SbmoeError
+    from sbmoe.modeling import build_model
+    from sbmoe.training.checkpoint import Resumable, load_checkpoint, save_checkpoint
+
+    def resumable(model):
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return Resumable(optimizer, scheduler, noise_generator=torch.Generator().manual_seed(0))
+
+    model, tokenizer = build_model(tiny_encoder, num_experts=3, seed=1)
+    model.encoder.requires_grad_(False)
+    save_checkpoint(tmp_path, model, tokenizer, resumable(model), DistributedInfo())
+    (folder,) = (tmp_path / "checkpoints").glob("step-*")
+    saved = load_file(folder / "model.safetensors")
+    assert saved and not any(name.startswith("encoder.") for name in saved)
+    assert set(saved) == {name for name in model.state_dict() if not name.startswith("encoder.")}
+
+    other, _ = build_model(tiny_encoder, num_experts=3, seed=2)  # another block, the same base encoder
+    other.encoder.requires_grad_(False)
+    assert not torch.equal(other.moe.experts[0].up.weight, model.moe.experts[0].up.weight)
+    load_checkpoint(folder, other, resumable(other))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(other.state_dict()[name], tensor), name
+
+    training_encoder, _ = build_model(tiny_encoder, num_experts=3, seed=2)
+    with pytest.raises(SbmoeError, match="do not fit the model"):
+        load_checkpoint(folder, training_encoder, resumable(training_encoder))

@@ -109,12 +109,22 @@ def save_checkpoint(
     info: DistributedInfo,
 ) -> None:
     """The checkpoint of `resumable.state.global_step` (main process; every process waits for it); older
-    checkpoints are removed once it is complete."""
+    checkpoints are removed once it is complete.
+
+    It is a model folder, except when the encoder is frozen: the encoder is then the base's, rebuilt on
+    resume, and the checkpoint holds only the other weights (writing the whole folder every epoch took a
+    third of a frozen run)."""
     if info.is_main:
         folder = output / "checkpoints" / f"step-{resumable.state.global_step:07d}"
         if not folder.exists():
             with staged_folder(folder) as staging:
-                write_model_files(model, tokenizer, staging)
+                if _encoder_trains(model):
+                    write_model_files(model, tokenizer, staging)
+                else:
+                    weights = {
+                        k: v for k, v in model.state_dict().items() if not k.startswith(ENCODER_PREFIX)
+                    }
+                    save_file({k: v.contiguous() for k, v in weights.items()}, staging / "model.safetensors")
                 torch.save(resumable.optimizer.state_dict(), staging / "optimizer.pt")
                 (staging / "scheduler.json").write_text(json.dumps(resumable.scheduler.state_dict()))
                 save_file(
@@ -129,14 +139,30 @@ def save_checkpoint(
 
 
 def load_checkpoint(folder: Path, model: SBMoEModel, resumable: Resumable) -> None:
-    """Restore the weights, `resumable` (its state replaced) and torch's global generator from `folder`."""
-    model.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
+    """Restore the weights, `resumable` (its state replaced) and torch's global generator from `folder`.
+    A checkpoint of a frozen-encoder run has no encoder weights: `model`'s own (the base's) stay."""
+    frozen = (
+        set() if _encoder_trains(model) else {k for k in model.state_dict() if k.startswith(ENCODER_PREFIX)}
+    )
+    missing, unexpected = model.load_state_dict(load_file(folder / "model.safetensors"), strict=False)
+    if unexpected or not set(missing) <= frozen:
+        raise SbmoeError(
+            f"{folder}: checkpoint weights do not fit the model "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     resumable.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     resumable.scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     rng = load_file(folder / "rng.safetensors")
     resumable.noise_generator.set_state(rng["noise"])
     torch.set_rng_state(rng["torch"])
     resumable.state = TrainerState(**json.loads((folder / "state.json").read_text()))
+
+
+ENCODER_PREFIX = "encoder."
+
+
+def _encoder_trains(model: SBMoEModel) -> bool:
+    return any(parameter.requires_grad for parameter in model.encoder.parameters())
 
 
 def save_best_model(output: Path, model: SBMoEModel, tokenizer: PreTrainedTokenizerBase) -> None:
