@@ -21,6 +21,7 @@ from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
 from sbmoe.evaluation.pipeline import pool_collection, retrieve
 from sbmoe.evaluation.settings import EvaluateSettings
 from sbmoe.io import provenance, write_json
+from sbmoe.modeling.card import record_evaluations
 from sbmoe.modeling.loading import load_model
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.precision import dtype_name, resolve_dtype
@@ -110,6 +111,8 @@ def evaluate(
             },
         )
         summaries.append({**summary, "output_dir": str(mode_dir)})
+    if settings.record_in_card and Path(settings.model).is_dir():
+        record_evaluations(settings.model, summaries)
     return summaries
 
 

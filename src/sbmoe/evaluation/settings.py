@@ -89,6 +89,9 @@ class EvaluateSettings(SplitSettings, EncoderOverrides):
     index_settings: dict[str, Any] | None = setting(
         None, "settings of the approximate index (see ann_settings)", null="its defaults"
     )
+    record_in_card: bool = setting(
+        True, "add the metrics to the model folder's card (README.md), if sbmoe wrote it"
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
