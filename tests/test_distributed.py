@@ -21,6 +21,7 @@ from sbmoe.training import trainer
 from sbmoe.training.checkpoint import TrainerState
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.distributed import (
+    _buckets,
     all_reduce_gradients,
     all_reduce_sum,
     broadcast_values,
@@ -113,7 +114,7 @@ def test_gradients_and_their_mask(on_meta):
     parameters = [torch.nn.Parameter(torch.zeros(5)) for _ in range(3)]
     parameters[0].grad = torch.ones(5)  # this process gave the others none
     all_reduce_gradients(parameters, info)
-    assert calls == ["all_reduce"] * 4  # the mask, then each parameter
+    assert calls == ["all_reduce", "all_reduce"]  # the mask, then one bucket
     assert all(p.grad is not None and p.grad.device == p.device for p in parameters)
 
 
@@ -149,3 +150,44 @@ def test_the_trainers_validation_decision(on_meta, tiny_encoder, tmp_path):
     trainer._end_of_epoch(run, net=None, state=state, log=None)
     assert state.history == [{"epoch": 0, trainer.VALIDATION_METRIC: 1.0}]
     assert calls == ["broadcast"]
+
+
+# ----------------------------------------------------------------------------------------------- buckets
+
+
+def test_buckets_hold_consecutive_parameters_of_one_dtype_up_to_their_size():
+    sizes_and_dtypes = [
+        (4, torch.float32),
+        (4, torch.float32),
+        (8, torch.float32),
+        (2, torch.float64),
+        (1, torch.float64),
+    ]
+    parameters = [torch.nn.Parameter(torch.zeros(n, dtype=dtype)) for n, dtype in sizes_and_dtypes]
+    buckets = list(_buckets(parameters, bucket_bytes=32))  # 8 float32 or 4 float64
+    assert [[p.numel() for p in bucket] for bucket in buckets] == [[4, 4], [8], [2, 1]]
+    assert [p for bucket in buckets for p in bucket] == parameters  # every parameter once, in order
+
+
+@pytest.fixture
+def one_process_gloo(tmp_path):
+    """A real gloo group of one process, and an info that says two: its sums are identities, so what the
+    buckets do to values and to missing gradients shows."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        yield DistributedInfo(rank=0, world_size=2)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bucketed_gradients_keep_their_values_and_no_gradient_stays_none(one_process_gloo):
+    torch.manual_seed(0)
+    parameters = [torch.nn.Parameter(torch.zeros(shape)) for shape in [(3, 2), (5,), (2, 2), (4,), (1,)]]
+    for parameter in parameters[:3] + parameters[4:]:
+        parameter.grad = torch.randn_like(parameter)
+    expected = [None if p.grad is None else p.grad.clone() for p in parameters]
+    all_reduce_gradients(parameters, one_process_gloo, bucket_bytes=40)  # two buckets: (3, 2), then the rest
+    assert parameters[3].grad is None  # no process gave it one: AdamW skips it, as in one process
+    for parameter, grad in zip(parameters, expected, strict=True):
+        if grad is not None:
+            assert parameter.grad.shape == parameter.shape and torch.equal(parameter.grad, grad)

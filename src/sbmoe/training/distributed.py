@@ -13,12 +13,15 @@ Collectives are called as `dist.<name>` so that a test can watch every one of th
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as differentiable
 
 from sbmoe.distributed import DistributedInfo
+
+BUCKET_BYTES = 25 * 1024 * 1024  # gradients summed per all_reduce: DistributedDataParallel's default
 
 
 def gather_with_grad(tensor: torch.Tensor, info: DistributedInfo) -> torch.Tensor:
@@ -39,8 +42,10 @@ def gather_with_grad(tensor: torch.Tensor, info: DistributedInfo) -> torch.Tenso
     return torch.cat(parts).to(tensor.device)
 
 
-def all_reduce_gradients(parameters: list[torch.nn.Parameter], info: DistributedInfo) -> None:
-    """Sum gradients over processes.
+def all_reduce_gradients(
+    parameters: list[torch.nn.Parameter], info: DistributedInfo, bucket_bytes: int = BUCKET_BYTES
+) -> None:
+    """Sum gradients over processes, one all_reduce per bucket of about `bucket_bytes` (`_buckets`).
 
     A parameter keeps no gradient only if no process gave it one (an expert nobody was routed to, an
     unused pooler), exactly as in a one-process step, where AdamW then skips it, weight decay included.
@@ -49,10 +54,9 @@ def all_reduce_gradients(parameters: list[torch.nn.Parameter], info: Distributed
     if not info.enabled:
         return
     anywhere = _has_gradient_anywhere(parameters, info)
-    for parameter, used in zip(parameters, anywhere, strict=True):
-        if used:
-            grad = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
-            parameter.grad = all_reduce_sum(grad, info)
+    reduced = [parameter for parameter, used in zip(parameters, anywhere, strict=True) if used]
+    for bucket in _buckets(reduced, bucket_bytes):
+        _all_reduce_bucket(bucket, info)
 
 
 def _has_gradient_anywhere(parameters: list[torch.nn.Parameter], info: DistributedInfo) -> list[bool]:
@@ -60,6 +64,36 @@ def _has_gradient_anywhere(parameters: list[torch.nn.Parameter], info: Distribut
     mask = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32, device=info.device)
     dist.all_reduce(mask, op=dist.ReduceOp.MAX)
     return [bool(flag) for flag in mask.tolist()]
+
+
+def _buckets(parameters: list[torch.nn.Parameter], bucket_bytes: int) -> Iterator[list[torch.nn.Parameter]]:
+    """Runs of consecutive parameters of one dtype and device (they flatten into one tensor), each at most
+    `bucket_bytes` unless a single parameter is larger. Every process forms the same buckets."""
+    bucket: list[torch.nn.Parameter] = []
+    size = 0
+    for parameter in parameters:
+        nbytes = parameter.numel() * parameter.element_size()
+        if bucket and (
+            size + nbytes > bucket_bytes
+            or (parameter.dtype, parameter.device) != (bucket[0].dtype, bucket[0].device)
+        ):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(parameter)
+        size += nbytes
+    if bucket:
+        yield bucket
+
+
+def _all_reduce_bucket(bucket: list[torch.nn.Parameter], info: DistributedInfo) -> None:
+    """Sum the bucket's gradients in one all_reduce of their concatenation (zeros for a parameter without a
+    gradient here); each parameter's gradient becomes its slice of the sum."""
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in bucket]
+    ).to(info.device)
+    dist.all_reduce(flat)
+    for parameter, summed in zip(bucket, flat.split([p.numel() for p in bucket]), strict=True):
+        parameter.grad = summed.view_as(parameter).to(parameter.device)
 
 
 def all_reduce_sum(tensor: torch.Tensor, info: DistributedInfo) -> torch.Tensor:
