@@ -18,10 +18,11 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from sbmoe.distributed import DistributedInfo
 from sbmoe.modeling import build_model
 from sbmoe.training import trainer
-from sbmoe.training.checkpoint import TrainerState
+from sbmoe.training.checkpoint import DeviceGenerator, Resumable, TrainerState, _random_states
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.distributed import (
     _buckets,
+    all_gather_tensors,
     all_reduce_gradients,
     all_reduce_sum,
     broadcast_values,
@@ -130,6 +131,13 @@ def test_broadcast_values(on_meta):
     assert calls == ["broadcast"]
 
 
+def test_gathered_states(on_meta):
+    info, calls = on_meta
+    states = all_gather_tensors(torch.zeros(2, dtype=torch.uint8), info)
+    assert [state.device for state in states] == [torch.device("cpu")] * 2
+    assert calls == ["all_gather"]
+
+
 def test_the_trainers_routing_statistics(on_meta, tiny_encoder):
     info, calls = on_meta
     model, _ = build_model(tiny_encoder, num_experts=3)
@@ -150,6 +158,19 @@ def test_the_trainers_validation_decision(on_meta, tiny_encoder, tmp_path):
     trainer._end_of_epoch(run, net=None, state=state, log=None)
     assert state.history == [{"epoch": 0, trainer.VALIDATION_METRIC: 1.0}]
     assert calls == ["broadcast"]
+
+
+def test_the_checkpoints_random_states(on_meta):
+    info, calls = on_meta
+    cuda_state = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state, as torch keeps it: on the CPU
+    resumable = Resumable(
+        optimizer=None,
+        scheduler=None,
+        noise_generator=torch.Generator(),
+        device_generator=DeviceGenerator(get_state=lambda: cuda_state, set_state=lambda state: None),
+    )
+    assert set(_random_states(resumable, info)) == {"noise", "torch", "cuda.rank0", "cuda.rank1"}
+    assert calls == ["all_gather"]
 
 
 # ----------------------------------------------------------------------------------------------- buckets

@@ -105,6 +105,17 @@ def all_reduce_sum(tensor: torch.Tensor, info: DistributedInfo) -> torch.Tensor:
     return summed.to(tensor.device)
 
 
+def all_gather_tensors(tensor: torch.Tensor, info: DistributedInfo) -> list[torch.Tensor]:
+    """Every process's `tensor` (one shape and dtype on all of them) in rank order, on `tensor`'s device;
+    not differentiable. For state each process holds its own of, such as its CUDA generator's."""
+    if not info.enabled:
+        return [tensor]
+    local = tensor.to(info.device).contiguous()
+    parts = [torch.empty_like(local) for _ in range(info.world_size)]
+    dist.all_gather(parts, local)
+    return [part.to(tensor.device) for part in parts]
+
+
 def broadcast_values(values: list[float], info: DistributedInfo) -> list[float]:
     """Rank 0's numbers on every process (flags and metrics decided by the main process)."""
     if not info.enabled:

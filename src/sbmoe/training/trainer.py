@@ -46,6 +46,7 @@ from sbmoe.training.checkpoint import (
     Resumable,
     TrainerState,
     check_output,
+    device_generator,
     load_checkpoint,
     remove_staging_leftovers,
     save_best_model,
@@ -119,9 +120,14 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     batches_per_epoch = len(training_batches(config, run.data, epoch=0, world_size=info.world_size))
     total_steps = batches_per_epoch * config.epochs
     optimizer, scheduler = _optimizer(net.model, config, total_steps=total_steps)
-    resumable = Resumable(optimizer, scheduler, noise_generator=torch.Generator().manual_seed(config.seed))
+    resumable = Resumable(
+        optimizer,
+        scheduler,
+        noise_generator=torch.Generator().manual_seed(config.seed),
+        device_generator=device_generator(net.device),
+    )
     if checkpoint is not None:
-        load_checkpoint(checkpoint, net.model, resumable)
+        load_checkpoint(checkpoint, net.model, resumable, info)
         logger.info(
             "Resuming from %s (epoch %d, step %d)",
             checkpoint, resumable.state.epoch + 1, resumable.state.step_in_epoch,
