@@ -140,11 +140,13 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     log = TrainingLog(output / "train_log.jsonl", info.is_main, state.global_step, config.tensorboard)
     trainable = [p for p in net.model.parameters() if p.requires_grad]
     logger.info(
-        "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s",
+        "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s, %s",
         config.system, config.dataset, sum(len(c.train) for c in run.data.collections),
         sum(len(c.validation) for c in run.data.collections), batches_per_epoch,
         f"{sum(p.numel() for p in trainable):,}",
         " (frozen encoder: cached pooled vectors)" if config.freeze_encoder else "",
+        f"process {info.rank} of {info.world_size} (collectives on {info.device})"
+        if info.enabled else "1 process",
     )  # fmt: skip
 
     while state.epoch < config.epochs and not state.stopped_early:
