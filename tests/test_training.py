@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -205,31 +206,55 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_encoder, synthetic
     assert logged_steps(tmp_path / "run") == list(range(1, total_steps + 1))  # each step logged once
 
 
-def test_two_gloo_processes_match_one_process(encoder_without_dropout, synthetic, tmp_path):
-    """A global batch split over two processes gives the same model (dropout off: it is per process)."""
-    args = ["--epochs", "2", "--symmetric"]
-    single = run_cli(train_args(encoder_without_dropout, synthetic, tmp_path / "one", *args))
+TWO_PROCESS_ARGS = ["--epochs", "2", "--symmetric"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# Two processes on this machine's CPUs. accelerate's --multi_gpu is its launcher of several processes (it
+# starts them as torchrun does); with --cpu it would start a single process without mpirun.
+LAUNCHERS = {
+    "torchrun": ["torch.distributed.run", "--nproc_per_node", "2", "--master_port"],
+    "accelerate": [
+        "accelerate.commands.accelerate_cli", "launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def one_process_model(encoder_without_dropout, synthetic, tmp_path_factory) -> dict[str, torch.Tensor]:
+    output = tmp_path_factory.mktemp("one-process") / "run"
+    single = run_cli(train_args(encoder_without_dropout, synthetic, output, *TWO_PROCESS_ARGS))
     assert single.wait(timeout=300) == 0, single.stderr.read()
-    env = {**os.environ, "PYTHONPATH": SRC}
+    return load_file(output / "model.safetensors")
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_gloo_processes_match_one_process(
+    launcher, one_process_model, encoder_without_dropout, synthetic, tmp_path
+):
+    """A global batch split over two processes gives the same model (dropout off: it is per process)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "CUDA_VISIBLE_DEVICES": ""}  # gloo on CPUs on any machine
     launch = [
         sys.executable,
         "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
+        *LAUNCHERS[launcher],
+        str(free_port()),
         "-m",
         "sbmoe",
-        *train_args(encoder_without_dropout, synthetic, tmp_path / "two", *args),
+        *train_args(encoder_without_dropout, synthetic, tmp_path / "two", *TWO_PROCESS_ARGS),
     ]
     double = subprocess.run(launch, env=env, capture_output=True, text=True, timeout=600)
     assert double.returncode == 0, double.stderr[-3000:]
-    one, two = (
-        load_file(tmp_path / "one" / "model.safetensors"),
-        load_file(tmp_path / "two" / "model.safetensors"),
-    )
-    worst = max((one[name] - two[name]).abs().max().item() for name in one)
+    for rank in (0, 1):
+        assert f"process {rank} of 2 (collectives on cpu)" in double.stderr, double.stderr[-3000:]
+    two = load_file(tmp_path / "two" / "model.safetensors")
+    worst = max((one_process_model[name] - two[name]).abs().max().item() for name in one_process_model)
     assert worst < 1e-5  # float summation order differs; the stated tolerance
 
 
@@ -466,10 +491,10 @@ def test_a_frozen_encoders_checkpoint_holds_the_block_only_and_restores_it(tiny_
     other, _ = build_model(tiny_encoder, num_experts=3, seed=2)  # another block, the same base encoder
     other.encoder.requires_grad_(False)
     assert not torch.equal(other.moe.experts[0].up.weight, model.moe.experts[0].up.weight)
-    load_checkpoint(folder, other, resumable(other))
+    load_checkpoint(folder, other, resumable(other), DistributedInfo())
     for name, tensor in model.state_dict().items():
         assert torch.equal(other.state_dict()[name], tensor), name
 
     training_encoder, _ = build_model(tiny_encoder, num_experts=3, seed=2)
     with pytest.raises(SbmoeError, match="do not fit the model"):
-        load_checkpoint(folder, training_encoder, resumable(training_encoder))
+        load_checkpoint(folder, training_encoder, resumable(training_encoder), DistributedInfo())

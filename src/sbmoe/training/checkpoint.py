@@ -1,7 +1,8 @@
 """What a training run keeps in its output folder besides the log: checkpoints, best/ and the final model.
 
     DIR/checkpoints/step-NNNNNNN/   the last checkpoint: model, tokenizer, optimizer.pt, scheduler.json,
-                                    rng.safetensors (routing noise and torch's global generator), state.json
+                                    rng.safetensors (routing noise, torch's global generator and, on GPUs,
+                                    each process's CUDA generator), state.json
     DIR/best/                       the best model so far (selection "best")
     DIR/config.json, model.safetensors, tokenizer files   the selected model, once training ends
 
@@ -13,7 +14,9 @@ random generators and the loop's position from it.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,11 @@ from sbmoe.modeling.card import model_card
 from sbmoe.modeling.loading import save_model, write_model_files
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.training.config import FIELD_NAMES, RESUMABLE_FIELDS, TrainingConfig, upgrade_legacy_settings
+from sbmoe.training.distributed import all_gather_tensors
+
+logger = logging.getLogger(__name__)
+
+DEVICE_RNG_KEY = "cuda.rank{rank}"  # a process's CUDA generator in rng.safetensors
 
 
 @dataclass
@@ -46,6 +54,25 @@ class TrainerState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class DeviceGenerator:
+    """Reads and sets the random state of the device a process trains on, when that device has a generator
+    of its own: dropout on a GPU draws from the CUDA generator, not from torch's global (CPU) one."""
+
+    get_state: Callable[[], torch.Tensor]
+    set_state: Callable[[torch.Tensor], None]
+
+
+def device_generator(device: torch.device) -> DeviceGenerator | None:
+    """The CUDA generator of `device`; None for a device whose random draws come from the CPU generator."""
+    if device.type != "cuda":
+        return None
+    return DeviceGenerator(
+        get_state=lambda: torch.cuda.get_rng_state(device),
+        set_state=lambda state: torch.cuda.set_rng_state(state, device),
+    )
+
+
 @dataclass
 class Resumable:
     """Everything a checkpoint restores besides the weights and torch's global generator."""
@@ -54,6 +81,7 @@ class Resumable:
     scheduler: LRScheduler
     noise_generator: torch.Generator  # the routing noise of every step
     state: TrainerState = field(default_factory=TrainerState)
+    device_generator: DeviceGenerator | None = None  # this process's own (`device_generator`)
 
 
 def check_output(output: Path, config: TrainingConfig, resume: bool) -> Path | None:
@@ -101,6 +129,13 @@ def remove_staging_leftovers(output: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
+ENCODER_PREFIX = "encoder."
+
+
+def _encoder_trains(model: SBMoEModel) -> bool:
+    return any(parameter.requires_grad for parameter in model.encoder.parameters())
+
+
 def save_checkpoint(
     output: Path,
     model: SBMoEModel,
@@ -108,12 +143,14 @@ def save_checkpoint(
     resumable: Resumable,
     info: DistributedInfo,
 ) -> None:
-    """The checkpoint of `resumable.state.global_step` (main process; every process waits for it); older
-    checkpoints are removed once it is complete.
+    """The checkpoint of `resumable.state.global_step` (written by the main process, with the generator
+    state of every process; every process waits for it); older checkpoints are removed once it is
+    complete.
 
     It is a model folder, except when the encoder is frozen: the encoder is then the base's, rebuilt on
     resume, and the checkpoint holds only the other weights (writing the whole folder every epoch took a
     third of a frozen run)."""
+    rng = _random_states(resumable, info)  # a collective: every process takes part
     if info.is_main:
         folder = output / "checkpoints" / f"step-{resumable.state.global_step:07d}"
         if not folder.exists():
@@ -127,10 +164,7 @@ def save_checkpoint(
                     save_file({k: v.contiguous() for k, v in weights.items()}, staging / "model.safetensors")
                 torch.save(resumable.optimizer.state_dict(), staging / "optimizer.pt")
                 (staging / "scheduler.json").write_text(json.dumps(resumable.scheduler.state_dict()))
-                save_file(
-                    {"noise": resumable.noise_generator.get_state(), "torch": torch.get_rng_state()},
-                    staging / "rng.safetensors",
-                )
+                save_file(rng, staging / "rng.safetensors")
                 (staging / "state.json").write_text(json.dumps(resumable.state.__dict__, indent=2))
             for older in sorted((output / "checkpoints").glob("step-*")):
                 if older != folder:
@@ -138,9 +172,21 @@ def save_checkpoint(
     barrier(info)
 
 
-def load_checkpoint(folder: Path, model: SBMoEModel, resumable: Resumable) -> None:
-    """Restore the weights, `resumable` (its state replaced) and torch's global generator from `folder`.
-    A checkpoint of a frozen-encoder run has no encoder weights: `model`'s own (the base's) stay."""
+def _random_states(resumable: Resumable, info: DistributedInfo) -> dict[str, torch.Tensor]:
+    """What rng.safetensors holds: the routing noise's generator (the same in every process), torch's
+    global generator, and with a device generator each process's under `DEVICE_RNG_KEY`, gathered from
+    all of them."""
+    states = {"noise": resumable.noise_generator.get_state(), "torch": torch.get_rng_state()}
+    if resumable.device_generator is not None:
+        gathered = all_gather_tensors(resumable.device_generator.get_state(), info)
+        states |= {DEVICE_RNG_KEY.format(rank=rank): state for rank, state in enumerate(gathered)}
+    return states
+
+
+def load_checkpoint(folder: Path, model: SBMoEModel, resumable: Resumable, info: DistributedInfo) -> None:
+    """Restore the weights, `resumable` (its state replaced), torch's global generator and this process's
+    device generator from `folder`. A checkpoint of a frozen-encoder run has no encoder weights: `model`'s
+    own (the base's) stay."""
     frozen = (
         set() if _encoder_trains(model) else {k for k in model.state_dict() if k.startswith(ENCODER_PREFIX)}
     )
@@ -155,14 +201,27 @@ def load_checkpoint(folder: Path, model: SBMoEModel, resumable: Resumable) -> No
     rng = load_file(folder / "rng.safetensors")
     resumable.noise_generator.set_state(rng["noise"])
     torch.set_rng_state(rng["torch"])
+    _restore_device_generator(rng, resumable.device_generator, info.rank, folder)
     resumable.state = TrainerState(**json.loads((folder / "state.json").read_text()))
 
 
-ENCODER_PREFIX = "encoder."
-
-
-def _encoder_trains(model: SBMoEModel) -> bool:
-    return any(parameter.requires_grad for parameter in model.encoder.parameters())
+def _restore_device_generator(
+    rng: dict[str, torch.Tensor], generator: DeviceGenerator | None, rank: int, folder: Path
+) -> None:
+    """Set this process's device generator from its saved state. A checkpoint without one (written before
+    sbmoe saved them, by a CPU run or by fewer processes) leaves it as seeded, with a warning: dropout then
+    differs from the interrupted run's."""
+    if generator is None:
+        return
+    state = rng.get(DEVICE_RNG_KEY.format(rank=rank))
+    if state is None:
+        logger.warning(
+            "%s holds no CUDA random state for process %d: its dropout continues from the seed, not from "
+            "where the interrupted run stopped",
+            folder, rank,
+        )  # fmt: skip
+        return
+    generator.set_state(state)
 
 
 def save_best_model(output: Path, model: SBMoEModel, tokenizer: PreTrainedTokenizerBase) -> None:

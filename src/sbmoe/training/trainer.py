@@ -46,6 +46,7 @@ from sbmoe.training.checkpoint import (
     Resumable,
     TrainerState,
     check_output,
+    device_generator,
     load_checkpoint,
     remove_staging_leftovers,
     save_best_model,
@@ -119,9 +120,14 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     batches_per_epoch = len(training_batches(config, run.data, epoch=0, world_size=info.world_size))
     total_steps = batches_per_epoch * config.epochs
     optimizer, scheduler = _optimizer(net.model, config, total_steps=total_steps)
-    resumable = Resumable(optimizer, scheduler, noise_generator=torch.Generator().manual_seed(config.seed))
+    resumable = Resumable(
+        optimizer,
+        scheduler,
+        noise_generator=torch.Generator().manual_seed(config.seed),
+        device_generator=device_generator(net.device),
+    )
     if checkpoint is not None:
-        load_checkpoint(checkpoint, net.model, resumable)
+        load_checkpoint(checkpoint, net.model, resumable, info)
         logger.info(
             "Resuming from %s (epoch %d, step %d)",
             checkpoint, resumable.state.epoch + 1, resumable.state.step_in_epoch,
@@ -134,11 +140,13 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     log = TrainingLog(output / "train_log.jsonl", info.is_main, state.global_step, config.tensorboard)
     trainable = [p for p in net.model.parameters() if p.requires_grad]
     logger.info(
-        "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s",
+        "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s, %s",
         config.system, config.dataset, sum(len(c.train) for c in run.data.collections),
         sum(len(c.validation) for c in run.data.collections), batches_per_epoch,
         f"{sum(p.numel() for p in trainable):,}",
         " (frozen encoder: cached pooled vectors)" if config.freeze_encoder else "",
+        f"process {info.rank} of {info.world_size} (collectives on {info.device})"
+        if info.enabled else "1 process",
     )  # fmt: skip
 
     while state.epoch < config.epochs and not state.stopped_early:
