@@ -9,7 +9,9 @@
 gives `--batch-size N` (help "texts per forward pass (default: 32)") and `--pooling {mean,cls}`. The
 metadata keys are those of transformers' `HfArgumentParser` ("help", "choices"), plus "null": what a None
 default means, shown as the default. Booleans are `--x/--no-x`; a boolean that may be None (keep another
-setting, e.g. the model's own) takes a value too, `--x true|false`. `Optional[X]` parses as X.
+setting, e.g. the model's own) takes a value too, `--x true|false`. `Optional[X]` parses as X. A
+`tuple[str, ...]` field takes several names, comma-separated or with the flag repeated
+(`--report-to wandb,mlflow --report-to tensorboard`); its settings class checks them.
 
 Not `HfArgumentParser` itself: importing it imports transformers (over a second before any flag is
 parsed, so `sbmoe --help` could not be fast), it has no `--no-x` for a boolean defaulting to false, and
@@ -26,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sbmoe.commands.common import parse_bool
+from sbmoe.modeling.fields import split_names
 
 
 def add_settings_arguments(
@@ -68,11 +71,18 @@ def add_settings_arguments(
             options.update(nargs="?", const=True, type=parse_bool, metavar="{true,false}")
         elif kind is bool:
             options["action"] = argparse.BooleanOptionalAction
+        elif kind is tuple:  # no argparse choices: it would compare each list of names, not each name
+            if not not_given:
+                raise TypeError(
+                    f"{settings.__name__}.{spec.name}: a tuple field's flag needs not_given (argparse's "
+                    "extend would add the names given to the default instead of replacing it)"
+                )
+            options.update(action="extend", type=split_names, metavar=f"{_metavar(spec, 'NAME')}[,...]")
         else:
             options["type"] = kind
             choices = spec.metadata.get("choices")
             if choices is not None:
-                options["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+                options["metavar"] = _metavar(spec, None)
                 if check_choices:
                     options["choices"] = tuple(choices)
         if kind is bool and optional:
@@ -87,13 +97,22 @@ def add_settings_arguments(
             )
 
 
+def _metavar(spec: dataclasses.Field, fallback: str | None) -> str | None:
+    """{a,b,c} from the field's choices, else `fallback`."""
+    choices = spec.metadata.get("choices")
+    return fallback if choices is None else "{" + ",".join(map(str, choices)) + "}"
+
+
 def _unwrap_optional(hint: Any, name: str, settings: type) -> tuple[type, bool]:
-    """X or Optional[X] -> (X, whether None is allowed); X must be a plain type argparse can call."""
+    """X or Optional[X] -> (X, whether None is allowed); X must be a plain type argparse can call, or
+    tuple[str, ...] (returned as tuple)."""
     optional = False
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         members = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         optional = len(members) < len(typing.get_args(hint))
         hint = members[0] if len(members) == 1 else None
+    if typing.get_origin(hint) is tuple and typing.get_args(hint) == (str, ...):
+        return tuple, optional
     if hint not in (bool, int, float, str):
         raise TypeError(
             f"{settings.__name__}.{name}: no flag for a field of type {hint!r}; exclude it and give it "
@@ -111,6 +130,8 @@ def _help(spec: dataclasses.Field, kind: type) -> str:
         return text.replace("%", "%%")
     if spec.default is None:
         default = spec.metadata.get("null", "none")
+    elif kind is tuple:
+        default = ",".join(spec.default)
     else:
         default = str(spec.default).lower() if kind is bool else spec.default
     return f"{text} (default: {default})".replace("%", "%%")

@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--moe", help="deprecated: the block variant, now --variant")
     parser.add_argument("--bf16", action="store_true", default=None, help="deprecated: --dtype bfloat16")
+    parser.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="deprecated: --report-to tensorboard",
+    )
     add_settings_arguments(
         parser.add_argument_group(BLOCK_GROUP),
         BlockSettings,

@@ -20,14 +20,21 @@ def setting(
     return field(default=default, metadata=metadata)
 
 
+def split_names(text: str) -> list[str]:
+    """Comma-separated names, as a flag or a config file gives several: "a, b" -> ["a", "b"]."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def check_choices(settings: Any, of: type | None = None) -> None:
     """Raise ValueError naming the first field of the dataclass instance `settings` (only the fields of class
-    `of`, when given) whose value is not among the choices its `setting()` declares. None passes where it is
-    the field's default (a setting left to someone else, e.g. the model)."""
+    `of`, when given) whose value is not among the choices its `setting()` declares; each name of a tuple
+    field (several choices at once) is checked. None passes where it is the field's default (a setting left
+    to someone else, e.g. the model)."""
     for spec in fields(of or settings):
         choices = spec.metadata.get("choices")
         value = getattr(settings, spec.name)
         if choices is None or (value is None and spec.default is None):
             continue
-        if value not in choices:
-            raise ValueError(f"{spec.name} must be one of {list(choices)}, got {value!r}")
+        for item in value if isinstance(value, tuple) else (value,):
+            if item not in choices:
+                raise ValueError(f"{spec.name} must be one of {list(choices)}, got {item!r}")

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from sbmoe.errors import SbmoeError
-from sbmoe.modeling.fields import check_choices, setting
+from sbmoe.modeling.fields import check_choices, setting, split_names
 from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
 from sbmoe.modeling.settings import BlockSettings, EncoderOverrides, block_settings_of
 
@@ -26,6 +26,8 @@ SYSTEM_BLOCK: dict[str, dict[str, Any]] = {
 }
 SCHEDULES = ("constant", "linear", "cosine")
 SELECTIONS = ("best", "last")
+# Experiment trackers `report_to` can name (sbmoe.training.tracking); none: train_log.jsonl only.
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
 
 # The default recipe of each regime, for the optimisation fields left as None. Chosen on validation curves
 # (held-out SciFact training queries; docs/results/recipe/README.md), never on a test split. Frozen encoder
@@ -162,13 +164,19 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
         64, "texts per forward pass when encoding without gradients (cached vectors, validation)"
     )
     progress: bool = setting(True, "progress bars")
-    tensorboard: bool = setting(False, "also log to TensorBoard (in the output folder)")
+    report_to: tuple[str, ...] = setting(
+        ("none",),
+        "experiment trackers that also get the run's settings, step losses and validation metrics "
+        "(comma-separated or repeated); train_log.jsonl is written in any case",
+        ("none", *TRACKERS),
+    )
     preset: str | None = setting(
         None, "the authors' recipe (batch 64, last epoch, ...), under the settings given", ("paper",)
     )
     trust_remote_code: bool = setting(False, "allow a model's own code to run")
 
     def __post_init__(self) -> None:
+        self.report_to = tracker_names(self.report_to)
         check_choices(self)  # the system first: it decides other settings
         self._apply_system()
         for name, value in DEFAULT_RECIPE[self.regime].items():
@@ -239,15 +247,28 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
 
 FIELD_NAMES = {field.name for field in fields(TrainingConfig)}
 # Settings that may differ between a run and its resumption.
-RESUMABLE_FIELDS = {"progress", "tensorboard", "epochs", "early_stopping_patience", "data_dir", "output_dir"}
-# Keys of settings written before the block's fields were one declaration.
-LEGACY_KEYS = {"moe", "bf16"}
+RESUMABLE_FIELDS = {"progress", "report_to", "epochs", "early_stopping_patience", "data_dir", "output_dir"}
+# Keys of settings written before the block's fields were one declaration, and before report_to.
+LEGACY_KEYS = {"moe", "bf16", "tensorboard"}
+
+
+def tracker_names(value: Any) -> tuple[str, ...]:
+    """`report_to` as a config file, a flag or the code gives it (a name, comma-separated names, or a list of
+    them) -> its names in order, each once; ("none",) when there are none. Raises ValueError for another
+    type, or none beside a tracker. The names themselves are checked with the other choices."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not all(isinstance(item, str) for item in items):
+        raise ValueError(f"report_to must be a name or a list of names, got {value!r}")
+    names = tuple(dict.fromkeys(name for item in items for name in split_names(item)))
+    if "none" in names and len(names) > 1:
+        raise ValueError(f"report_to none cannot be combined with trackers, got {','.join(names)}")
+    return names or ("none",)
 
 
 def upgrade_legacy_settings(settings: dict[str, Any], where: str, warn: bool = True) -> dict[str, Any]:
     """Old names to new ones: `moe` (the block variant) -> `variant`; `variant` holding a system name
-    (finetune, sbmoe, adapter, random-gate) -> `system`; `bf16: true` -> `dtype: bfloat16`. Each logs a
-    deprecation warning naming `where`.
+    (finetune, sbmoe, adapter, random-gate) -> `system`; `bf16: true` -> `dtype: bfloat16`; `tensorboard:
+    true` -> "tensorboard" added to `report_to`. Each logs a deprecation warning naming `where`.
 
     Raises SbmoeError when an old and a new key disagree.
     """
@@ -280,7 +301,33 @@ def upgrade_legacy_settings(settings: dict[str, Any], where: str, warn: bool = T
             raise SbmoeError(f"{where}: bf16 contradicts dtype {settings['dtype']!r}")
         settings["dtype"] = dtype
         deprecated(f"bf16 is now dtype {dtype} (--dtype)")
+    if "tensorboard" in settings:
+        enabled = settings.pop("tensorboard")
+        if enabled is not None:
+            report_to = _with_tensorboard(bool(enabled), settings.get("report_to"), where)
+            if report_to is not None:
+                settings["report_to"] = report_to
+            deprecated("tensorboard is now a name in report_to (--report-to tensorboard)")
     return settings
+
+
+def _with_tensorboard(enabled: bool, report_to: Any, where: str) -> Any:
+    """`report_to` (None: not given) with the deprecated `tensorboard` setting folded in: "tensorboard" added
+    when true, `report_to` as it was when false.
+
+    Raises SbmoeError when they disagree (tensorboard true with report_to none given, or false with
+    report_to naming tensorboard)."""
+    try:
+        names = tracker_names(report_to if report_to is not None else ())
+    except ValueError as error:
+        raise SbmoeError(f"{where}: {error}") from error
+    if (enabled and report_to is not None and names == ("none",)) or (not enabled and "tensorboard" in names):
+        raise SbmoeError(
+            f"{where}: tensorboard {str(enabled).lower()} contradicts report_to {','.join(names)}"
+        )
+    if not enabled:
+        return report_to
+    return tuple(name for name in dict.fromkeys((*names, "tensorboard")) if name != "none")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -1,5 +1,5 @@
-"""The training log: DIR/train_log.jsonl, one JSON line per step and per validation, and TensorBoard when
-asked for. Written by the main process only."""
+"""The training log: DIR/train_log.jsonl, one JSON line per step and per validation, and the experiment
+trackers `report_to` names (`sbmoe.training.tracking`). Written by the main process only."""
 
 from __future__ import annotations
 
@@ -10,21 +10,29 @@ from typing import Any
 
 import torch
 
-from sbmoe.errors import SbmoeError
 from sbmoe.io import atomic_write_text
 from sbmoe.training.checkpoint import TrainerState
+from sbmoe.training.tracking import Tracker, finish_trackers, log_to, start_trackers
 
 
 class TrainingLog:
-    """train_log.jsonl (main process only), and TensorBoard when asked for.
+    """train_log.jsonl (main process only), and the trackers `report_to` names; a context manager that ends
+    the trackers' runs on the way out, marked failed after an exception.
 
     A resumed run first drops the lines past the checkpoint it continues from (`resume_step`), so every
-    step is logged once.
+    step is logged once. train_log.jsonl is the record: a line is written before any tracker sees it.
     """
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int, tensorboard: bool):
+    def __init__(
+        self,
+        path: Path,
+        enabled: bool,
+        resume_step: int,
+        report_to: tuple[str, ...] = ("none",),
+        settings: dict[str, Any] | None = None,
+    ):
         self.path, self.enabled = path, enabled
-        self.writer = None
+        self.trackers: list[Tracker] = []
         if not enabled:
             return
         if path.exists():  # drop lines past the checkpoint a resumed run continues from
@@ -33,14 +41,13 @@ class TrainingLog:
                 if line and json.loads(line).get("global_step", 0) <= resume_step
             ]  # fmt: skip
             atomic_write_text(path, "".join(line + "\n" for line in kept))
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as error:
-                raise SbmoeError(
-                    "--tensorboard needs the tensorboard package: pip install tensorboard"
-                ) from error
-            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+        self.trackers = start_trackers(report_to, path.parent, settings or {}, resume_step)
+
+    def __enter__(self) -> TrainingLog:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, traceback: Any) -> None:
+        self.close(failed=kind is not None)
 
     def _write(self, record: dict[str, Any]) -> None:
         with open(self.path, "a", encoding="utf-8") as handle:
@@ -72,20 +79,31 @@ class TrainingLog:
             record["expert_share"] = [round(share, 4) for share in (counts / counts.sum()).tolist()]
             record["routing_entropy"] = round(float(routing["entropy"]), 4)
         self._write(record)
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, float):
-                    self.writer.add_scalar(key, value, state.global_step)
+        log_to(self.trackers, step_scalars(record), state.global_step)
 
     def validation(self, state: TrainerState, metrics: dict[str, float], improved: bool) -> None:
         if not self.enabled:
             return
         self._write({"type": "validation", "epoch": state.epoch + 1, "global_step": state.global_step,
                      **metrics, "improved": improved})  # fmt: skip
-        if self.writer is not None:
-            for key, value in metrics.items():
-                self.writer.add_scalar(f"validation/{key}", value, state.global_step)
+        log_to(
+            self.trackers, {f"validation/{key}": value for key, value in metrics.items()}, state.global_step
+        )
 
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+    def close(self, failed: bool = False) -> None:
+        """End the trackers' runs (once)."""
+        finish_trackers(self.trackers, failed)
+        self.trackers = []
+
+
+def step_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """What a tracker plots of a step line: its numbers but the step itself and the wall-clock time (trackers
+    keep both), and each expert's share of texts as expert_share/<expert>."""
+    scalars = {
+        key: value for key, value in record.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        and key not in ("global_step", "time")
+    }  # fmt: skip
+    for expert, share in enumerate(record.get("expert_share", [])):
+        scalars[f"expert_share/{expert}"] = share
+    return scalars

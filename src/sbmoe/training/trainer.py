@@ -72,6 +72,7 @@ from sbmoe.training.distributed import (
 )
 from sbmoe.training.log import TrainingLog
 from sbmoe.training.losses import contrastive_loss, negative_mask
+from sbmoe.training.tracking import check_trackers
 from sbmoe.training.validation import validate
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     info = init_distributed()
     output = Path(config.output_dir)
     checkpoint = check_output(output, config, resume)
+    if info.is_main:
+        check_trackers(config.report_to)  # a missing package stops the run before it writes anything
     if resume and info.is_main:
         remove_staging_leftovers(output)
 
@@ -136,19 +139,35 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         output.mkdir(parents=True, exist_ok=True)
         write_json(output / "training_config.json", {"config": config.to_dict(), "provenance": provenance()})
     barrier(info)
-    state = resumable.state
-    log = TrainingLog(output / "train_log.jsonl", info.is_main, state.global_step, config.tensorboard)
+    log = TrainingLog(
+        output / "train_log.jsonl",
+        info.is_main,
+        resumable.state.global_step,
+        config.report_to,
+        config.to_dict(),
+    )
+    with log:  # the trackers' runs end however training does
+        _train_epochs(run, net, resumable, total_steps, log)
+        return _finish(run, net, resumable.state)
+
+
+def _train_epochs(
+    run: TrainingRun, net: ModelOnDevice, resumable: Resumable, total_steps: int, log: TrainingLog
+) -> None:
+    """The epochs left to train (all, or those after a checkpoint), each ending in validation and a
+    checkpoint; stops early when the selection says so."""
+    config, info, output, state = run.config, run.info, run.output, resumable.state
+    optimizer, scheduler = resumable.optimizer, resumable.scheduler
     trainable = [p for p in net.model.parameters() if p.requires_grad]
     logger.info(
         "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s, %s",
         config.system, config.dataset, sum(len(c.train) for c in run.data.collections),
-        sum(len(c.validation) for c in run.data.collections), batches_per_epoch,
+        sum(len(c.validation) for c in run.data.collections), total_steps // config.epochs,
         f"{sum(p.numel() for p in trainable):,}",
         " (frozen encoder: cached pooled vectors)" if config.freeze_encoder else "",
         f"process {info.rank} of {info.world_size} (collectives on {info.device})"
         if info.enabled else "1 process",
     )  # fmt: skip
-
     while state.epoch < config.epochs and not state.stopped_early:
         batches = training_batches(config, run.data, state.epoch, info.world_size)
         net.model.train()
@@ -179,10 +198,6 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         state.epoch += 1
         state.step_in_epoch = 0
         save_checkpoint(output, net.model, net.tokenizer, resumable, info)
-
-    summary = _finish(run, net, state)
-    log.close()
-    return summary
 
 
 # ----------------------------------------------------------------------------------------------- model
