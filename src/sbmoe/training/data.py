@@ -17,13 +17,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from sbmoe.data import BeirDataset, document_text, load_dataset
 from sbmoe.distributed import DistributedInfo
 from sbmoe.errors import SbmoeError
-from sbmoe.retrieval.encode import Pooled
+from sbmoe.retrieval.encode import EmbeddingCache, Pooled, encode_cached
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.negatives import Negatives, load_negatives_run, mine_bm25_negatives, sample_negatives
 
@@ -239,6 +240,20 @@ class CollectionData:
     doc_rows: dict[str, int]  # corpus id -> row
     validation_doc_ids: list[str]  # the documents searched at validation (fixed for the whole run)
     pooled: dict[str, PooledTable] | None = None  # frozen encoder: "query" / "document" -> its table
+
+    def pool_everything(self, model, tokenizer, **encoding: Any) -> None:
+        """Frozen encoder: set `pooled` to the pooled vector of every document and every training or
+        validation query, encoded once (and cached on disk under the collection's own ids: shared with
+        evaluation). encoding: keyword arguments of `encode_cached` (batch_size, device, progress, dtype)."""
+        corpus, queries = self.dataset.corpus, self.dataset.queries
+        wanted = sorted({e.query_id for e in (*self.train, *self.validation)})
+        self.pooled = {}
+        for kind, ids, texts in (
+            ("document", list(corpus.ids), corpus.document_texts()),
+            ("query", wanted, [queries[q] for q in wanted]),
+        ):
+            pooled, _ = encode_cached(model, tokenizer, ids, texts, kind, cache=EmbeddingCache(), **encoding)
+            self.pooled[kind] = PooledTable.of(ids, pooled)
 
     def document_texts(self, ids: list[str]) -> list[str]:
         """The texts to encode for these documents (`sbmoe.data.document_text`)."""

@@ -57,7 +57,6 @@ from sbmoe.training.config import TrainingConfig
 from sbmoe.training.data import (
     Batch,
     CollectionData,
-    PooledTable,
     TrainingData,
     collection_names,
     load_training_data,
@@ -116,7 +115,10 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     if config.freeze_encoder:
         net.model.encoder.requires_grad_(False)
         for collection in run.data.collections:
-            collection.pooled = _pool_everything(net, collection, config)
+            collection.pool_everything(
+                net.model, net.tokenizer, batch_size=config.encode_batch_size, device=net.device,
+                progress=config.progress, dtype=net.dtype,
+            )  # fmt: skip
     if checkpoint is None:  # a checkpoint holds the prototypes
         _init_prototypes(net, run.data, config)
 
@@ -262,27 +264,6 @@ def _upcycle(model: SBMoEModel, config: TrainingConfig) -> None:
         raise SbmoeError(f"{where}: {error}") from error
     model.config.upcycled_from = str(config.init_from)
     logger.info("Upcycled %d experts from %s (noise %g)", model.moe.num_experts, where, config.upcycle_noise)
-
-
-def _pool_everything(
-    net: ModelOnDevice, collection: CollectionData, config: TrainingConfig
-) -> dict[str, PooledTable]:
-    """Frozen encoder: the pooled vector of every query and document of a collection, encoded once (and
-    cached on disk, under the collection's own ids: shared with evaluation)."""
-    cache = EmbeddingCache()
-    corpus, queries = collection.dataset.corpus, collection.dataset.queries
-    wanted = sorted({e.query_id for e in (*collection.train, *collection.validation)})
-    tables = {}
-    for kind, ids, texts in (
-        ("document", corpus.ids, corpus.document_texts()),
-        ("query", wanted, [queries[q] for q in wanted]),
-    ):
-        pooled, _ = encode_cached(
-            net.model, net.tokenizer, ids, texts, kind, cache=cache, batch_size=config.encode_batch_size,
-            device=net.device, progress=config.progress, dtype=net.dtype,
-        )  # fmt: skip
-        tables[kind] = PooledTable.of(list(ids), pooled)
-    return tables
 
 
 def _init_prototypes(net: ModelOnDevice, data: TrainingData, config: TrainingConfig) -> None:
