@@ -498,3 +498,15 @@ def test_a_frozen_encoders_checkpoint_holds_the_block_only_and_restores_it(tiny_
     training_encoder, _ = build_model(tiny_encoder, num_experts=3, seed=2)
     with pytest.raises(SbmoeError, match="do not fit the model"):
         load_checkpoint(folder, training_encoder, resumable(training_encoder), DistributedInfo())
+
+
+def test_a_folder_made_by_init_is_a_base_for_train(tiny_encoder, synthetic, tmp_path):
+    """`sbmoe train --base` takes an `sbmoe init` folder: its encoder is the base's, the block is trained."""
+    folder = tmp_path / "init"
+    assert main(["init", "--base", str(tiny_encoder), "--num-experts", "3", "--output", str(folder)]) == 0
+    assert main(train_args(folder, synthetic, tmp_path / "run", "--epochs", "1", "--freeze-encoder")) == 0
+    trained, _ = load_model(tmp_path / "run")
+    initial, _ = load_model(folder)
+    assert trained.moe is not None and trained.moe.num_experts == 3
+    for name, tensor in initial.encoder.state_dict().items():
+        assert torch.equal(trained.encoder.state_dict()[name], tensor), name  # frozen: the init folder's
