@@ -510,3 +510,13 @@ def test_a_folder_made_by_init_is_a_base_for_train(tiny_encoder, synthetic, tmp_
     assert trained.moe is not None and trained.moe.num_experts == 3
     for name, tensor in initial.encoder.state_dict().items():
         assert torch.equal(trained.encoder.state_dict()[name], tensor), name  # frozen: the init folder's
+
+
+def test_validate_every_validates_every_n_epochs_and_after_the_last(tiny_encoder, synthetic, tmp_path):
+    args = ["--epochs", "5", "--validate-every", "2", "--freeze-encoder"]
+    assert main(train_args(tiny_encoder, synthetic, tmp_path / "run", *args)) == 0
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log if record["type"] == "validation"] == [2, 4, 5]
+    assert len([record for record in log if record["type"] == "step"]) == 5 * len(
+        [record for record in log if record["type"] == "step" and record["epoch"] == 1]
+    )  # every epoch trained

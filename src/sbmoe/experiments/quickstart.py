@@ -50,7 +50,8 @@ def quickstart_config(
         "modes": ["top1", "all"],
         "seeds": [seed],
         "keep_models": [ANALYZED],
-        "training": {"freeze_encoder": True, "batch_size": batch_size},  # the default frozen recipe
+        # the default frozen recipe; validation (monitoring only: the last epoch is kept) every 10 epochs
+        "training": {"freeze_encoder": True, "batch_size": batch_size, "validate_every": 10},
         "data_dir": data_dir,
         "dtype": dtype,
     }

@@ -154,7 +154,10 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
         "last", "model kept: last or best validation nDCG@10 (with early stopping)", SELECTIONS
     )
     early_stopping_patience: int | None = setting(
-        3, "selection best: epochs without improvement before stopping (null in a config file: never)"
+        3, "selection best: validations without improvement before stopping (null in a config file: never)"
+    )
+    validate_every: int = setting(
+        1, "validate every N epochs and after the last (with selection last, validation only monitors)"
     )
     checkpoint_every_steps: int | None = setting(
         None, "also save a checkpoint every N steps", null="at epoch ends only"
@@ -184,7 +187,7 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
                 setattr(self, name, value)
         super().__post_init__()  # the block's fields
         check_choices(self)  # schedule, dtype, selection, preset, ...
-        for name in ("batch_size", "epochs", "encode_batch_size", "hard_negative_depth"):
+        for name in ("batch_size", "epochs", "encode_batch_size", "hard_negative_depth", "validate_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("checkpoint_every_steps", "early_stopping_patience", "validation_documents"):
@@ -247,7 +250,15 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
 
 FIELD_NAMES = {field.name for field in fields(TrainingConfig)}
 # Settings that may differ between a run and its resumption.
-RESUMABLE_FIELDS = {"progress", "report_to", "epochs", "early_stopping_patience", "data_dir", "output_dir"}
+RESUMABLE_FIELDS = {
+    "progress",
+    "report_to",
+    "epochs",
+    "early_stopping_patience",
+    "validate_every",
+    "data_dir",
+    "output_dir",
+}
 # Keys of settings written before the block's fields were one declaration, and before report_to.
 LEGACY_KEYS = {"moe", "bf16", "tensorboard"}
 

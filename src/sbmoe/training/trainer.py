@@ -427,8 +427,12 @@ def _routing_stats(
 
 
 def _end_of_epoch(run: TrainingRun, net: ModelOnDevice, state: TrainerState, log: TrainingLog) -> None:
-    """Validate (main process), keep the best model, decide early stopping (shared with every process)."""
+    """Validate (main process), keep the best model, decide early stopping (shared with every process);
+    every `validate_every` epochs and after the last."""
     config, info = run.config, run.info
+    epoch = state.epoch + 1
+    if epoch % config.validate_every and epoch != config.epochs:
+        return
     improved, metric = 0.0, float("nan")
     if info.is_main:
         metrics = validate(net.model, net.tokenizer, run.data, config, net.device)
