@@ -186,14 +186,26 @@ def test_the_exported_model_card_loads_with_remote_code(sbmoe_model, tmp_path):
     assert 'SentenceTransformer("sentence_transformers_model_id", trust_remote_code=True)' in card
 
 
-def test_a_saved_folder_loads_with_transformers_where_sbmoe_is_absent(sbmoe_model, tmp_path):
-    """auto_map and the modeling code travel with the folder: AutoModel(trust_remote_code=True) in a Python
-    where `import sbmoe` fails gives sbmoe's embeddings and routing."""
+@pytest.mark.parametrize("written_by", ["save_model", "sbmoe train"])
+def test_a_saved_folder_loads_with_transformers_where_sbmoe_is_absent(sbmoe_model, tmp_path, written_by):
+    """auto_map and the modeling code travel with the folder (saved, or written by `sbmoe train`):
+    AutoModel(trust_remote_code=True) in a Python where `import sbmoe` fails gives sbmoe's embeddings and
+    routing."""
     import subprocess
     import sys
 
-    model, tokenizer = sbmoe_model
-    save_model(model, tokenizer, tmp_path / "m")
+    from tiny import make_synthetic_beir
+
+    if written_by == "save_model":
+        model, tokenizer = sbmoe_model
+        save_model(model, tokenizer, tmp_path / "m")
+    else:
+        base = save_model(*sbmoe_model, tmp_path / "base")
+        data = make_synthetic_beir(tmp_path / "data")
+        args = ["train", "--base", str(base), "--dataset", str(data), "--output-dir", str(tmp_path / "m"),
+                "--batch-size", "4", "--epochs", "1", "--freeze-encoder", "--no-progress"]  # fmt: skip
+        assert main(args) == 0
+        model, tokenizer = load_model(tmp_path / "m")
     assert json.loads((tmp_path / "m" / "config.json").read_text())["auto_map"] == {
         "AutoConfig": "config.SBMoEConfig",
         "AutoModel": "model.SBMoEModel",
