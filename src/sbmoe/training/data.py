@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,6 +27,11 @@ from sbmoe.errors import SbmoeError
 from sbmoe.retrieval.encode import EmbeddingCache, Pooled, encode_cached
 from sbmoe.training.config import TrainingConfig
 from sbmoe.training.negatives import Negatives, load_negatives_run, mine_bm25_negatives, sample_negatives
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from sbmoe.modeling.model import SBMoEModel
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +246,7 @@ class CollectionData:
     validation_doc_ids: list[str]  # the documents searched at validation (fixed for the whole run)
     pooled: dict[str, PooledTable] | None = None  # frozen encoder: "query" / "document" -> its table
 
-    def pool_everything(self, model, tokenizer, **encoding: Any) -> None:
+    def pool_everything(self, model: SBMoEModel, tokenizer: PreTrainedTokenizerBase, **encoding: Any) -> None:
         """Frozen encoder: set `pooled` to the pooled vector of every document and every training or
         validation query, encoded once (and cached on disk under the collection's own ids: shared with
         evaluation). encoding: keyword arguments of `encode_cached` (batch_size, device, progress, dtype)."""
