@@ -232,3 +232,14 @@ def test_a_crash_ends_the_tracker_run_as_failed(tiny_encoder, synthetic, tmp_pat
     assert run.info.status == "FAILED"
     logged = client.get_metric_history(run.info.run_id, "loss/total")
     assert {metric.step: metric.value for metric in logged} == jsonl_series(output)["loss/total"]
+
+
+def test_run_name_names_the_run_in_the_tracker(tiny_encoder, synthetic, tmp_path, offline):
+    """--run-name (the grid passes each run's id) replaces the output folder's name ("model" in a grid)."""
+    pytest.importorskip("mlflow", reason="mlflow is not installed (pip install 'sbmoe[tracking]')")
+    output = tmp_path / "model"
+    train_with(
+        tiny_encoder, synthetic, output, "--report-to", "mlflow", "--run-name", "scifact/adapter-n1/seed1"
+    )
+    _, run_name = read_mlflow(output, offline)
+    assert run_name == "scifact/adapter-n1/seed1"

@@ -160,6 +160,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             "seed": run.seed,
             "num_experts": run.num_experts or 1,
             "dtype": config.dtype,
+            "run_name": run.run_id,  # in experiment trackers (report_to): the run, not its folder "model"
         }
         if run.init_from_run is not None:  # "@label": the model of that system's run, same seed
             settings["init_from"] = str(output / "runs" / run.init_from_run / "model")

@@ -173,6 +173,9 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
         "(comma-separated or repeated); train_log.jsonl is written in any case",
         ("none", *TRACKERS),
     )
+    run_name: str | None = setting(
+        None, "the run's name in experiment trackers", null="the output folder's name"
+    )
     preset: str | None = setting(
         None, "the authors' recipe (batch 64, last epoch, ...), under the settings given", ("paper",)
     )
@@ -253,6 +256,7 @@ FIELD_NAMES = {field.name for field in fields(TrainingConfig)}
 RESUMABLE_FIELDS = {
     "progress",
     "report_to",
+    "run_name",
     "epochs",
     "early_stopping_patience",
     "validate_every",

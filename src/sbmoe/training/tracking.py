@@ -81,7 +81,8 @@ def start_trackers(
     try:
         for name in names:
             if name != "none":
-                trackers.append(TRACKER_RUNS[name](output, output.resolve().name, settings, resume_step))
+                run_name = settings.get("run_name") or output.resolve().name
+                trackers.append(TRACKER_RUNS[name](output, run_name, settings, resume_step))
     except BaseException:
         finish_trackers(trackers, failed=True)
         raise
