@@ -2,7 +2,7 @@
 
 train_log.jsonl stays the record of a run; a tracker shows it in the tool its user already has: the run's
 settings once, then each step's numbers and each validation's metrics at their global step. Each run is
-named after the output folder and logs where that tool's user looks first:
+named `run_name` (default: the output folder's name) and logs where that tool's user looks first:
 
     tensorboard  events in OUTPUT/tensorboard
     mlflow       MLFLOW_TRACKING_URI if set, else a SQLite store OUTPUT/mlflow.db (MLflow 3 refuses to open a
