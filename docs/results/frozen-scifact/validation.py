@@ -1,7 +1,7 @@
 """Each trained system's validation nDCG@10 at its last epoch (the model kept), mean and spread over seeds:
 the figure a design is chosen by (never the test split). Reads an experiment folder's training summaries.
 
-    python docs/results/frozen-scifact/validation.py runs/frozen-scifact [--json OUT]
+    python docs/results/frozen-scifact/validation.py runs/frozen-scifact [--json OUT] [--seeds 1,2,3]
 """
 
 from __future__ import annotations
@@ -19,11 +19,15 @@ def main() -> None:
         "experiment", type=Path, help="experiment folder (runs/<collection>/<base>/<label>/seed<S>)"
     )
     parser.add_argument("--json", type=Path, help="also write the table as JSON")
+    parser.add_argument("--seeds", help="only these seeds, comma-separated (default: every seed found)")
     args = parser.parse_args()
+    wanted = None if args.seeds is None else {int(seed) for seed in args.seeds.split(",")}
     last: dict[str, dict[int, float]] = defaultdict(dict)
     for summary_file in sorted(args.experiment.glob("runs/*/*/*/seed*/model/training_summary.json")):
         label = summary_file.parents[2].name
         seed = int(summary_file.parents[1].name.removeprefix("seed"))
+        if wanted is not None and seed not in wanted:
+            continue
         history = json.loads(summary_file.read_text(encoding="utf-8"))["history"]
         last[label][seed] = history[-1]["ndcg@10"]
     rows = []
