@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -216,6 +216,11 @@ def load_query_file(path: str | Path) -> dict[str, str]:
     if not queries:
         raise DataError(path, "the file has no queries")
     return queries
+
+
+def judged_queries(queries: Mapping[str, str], qrels: Mapping[str, object]) -> list[str]:
+    """The ids of the judged queries that have a text, in the order of the judgements."""
+    return [query_id for query_id in qrels if query_id in queries]
 
 
 def load_qrels(path: str | Path) -> dict[str, dict[str, int]]:

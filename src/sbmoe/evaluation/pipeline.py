@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from sbmoe.data import judged_queries
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.retrieval.encode import EmbeddingCache, Pooled, apply_head, encode_cached
 from sbmoe.retrieval.search import search, to_run
@@ -30,11 +31,6 @@ class PooledCollection:
     documents: Pooled
     documents_from_cache: bool
     seconds: dict[str, float]  # corpus_encoding, query_encoding
-
-
-def judged_queries(queries: Mapping[str, str], qrels: Mapping[str, object]) -> list[str]:
-    """The ids of the judged queries that have a text, in the order of the judgements."""
-    return [query_id for query_id in qrels if query_id in queries]
 
 
 def pool_collection(

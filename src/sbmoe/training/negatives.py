@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sbmoe.data import Corpus
+from sbmoe.data import Corpus, judged_queries
 from sbmoe.errors import SbmoeError
 from sbmoe.progress import progress_bar
 from sbmoe.retrieval.trec import read_trec_run
@@ -97,7 +97,7 @@ def mine_bm25_negatives(
     if len(corpus) == 0:
         raise SbmoeError("cannot mine BM25 negatives from an empty corpus")
 
-    query_ids = [query_id for query_id in qrels if query_id in queries]
+    query_ids = judged_queries(queries, qrels)
     missing = len(qrels) - len(query_ids)
     if missing:
         logger.warning(
