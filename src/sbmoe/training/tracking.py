@@ -77,11 +77,11 @@ def start_trackers(
 ) -> list[Tracker]:
     """A started run in each tracker `names` asks for ("none": no tracker). A tracker that fails to start
     ends those already started (marked failed) and raises."""
+    run_name = settings.get("run_name") or output.resolve().name
     trackers: list[Tracker] = []
     try:
         for name in names:
             if name != "none":
-                run_name = settings.get("run_name") or output.resolve().name
                 trackers.append(TRACKER_RUNS[name](output, run_name, settings, resume_step))
     except BaseException:
         finish_trackers(trackers, failed=True)
