@@ -11,7 +11,7 @@ from sbmoe.errors import SbmoeError
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from sbmoe.analysis.formats import FIGURE_FORMATS
     from sbmoe.evaluation.significance import TESTS
-    from sbmoe.experiments.tables import DEFAULT_METRICS
+    from sbmoe.experiments.tables import DEFAULT_METRICS, VIEW_METRIC
 
     parser.add_argument("dir", type=Path, metavar="DIR", help="experiment folder (holds results.jsonl)")
     parser.add_argument("--output", type=Path, help="where the report files go (default: DIR/report)")
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
     parser.add_argument(
         "--metrics",
-        default=",".join(DEFAULT_METRICS),
-        help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)})",
+        help=f"comma-separated metrics (default: {','.join(DEFAULT_METRICS)}, and {VIEW_METRIC} where "
+        "the grid scored unseen documents)",
     )
     parser.add_argument(
         "--compare",
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from sbmoe.experiments.report import build_report, compare_systems, write_report
     from sbmoe.io import atomic_write_text
 
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:
         report = build_report(
             args.dir,
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except ValueError as error:
         raise SbmoeError(str(error)) from error
+    metrics = report.metrics
     output = args.output if args.output is not None else Path(args.dir) / "report"
     paths = write_report(report, output)
     print(report.markdown)

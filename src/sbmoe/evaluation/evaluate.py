@@ -7,6 +7,7 @@ resolved settings, the model's config and provenance).
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from dataclasses import asdict
 from itertools import islice
@@ -16,19 +17,22 @@ from typing import Any
 import numpy as np
 
 from sbmoe.data import load_dataset
+from sbmoe.data.splits import relevant_documents
 from sbmoe.errors import SbmoeError
-from sbmoe.evaluation.metrics import METRICS, evaluate_run, remove_self_hits
-from sbmoe.evaluation.pipeline import pool_collection, retrieve
+from sbmoe.evaluation.memorisation import Fitted, fit_memorisation
+from sbmoe.evaluation.metrics import METRICS, MetricResult, evaluate_run, remove_self_hits
+from sbmoe.evaluation.pipeline import PooledCollection, Retrieval, pool_collection, pool_queries, retrieve
 from sbmoe.evaluation.settings import EvaluateSettings
+from sbmoe.evaluation.views import VIEWS, unseen_qrels, view_metric, view_summary
 from sbmoe.io import provenance, write_json
 from sbmoe.modeling.card import record_evaluations
-from sbmoe.modeling.loading import load_model
+from sbmoe.modeling.loading import load_model, trained_on
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.precision import dtype_name, resolve_dtype
 from sbmoe.modeling.routing_stats import expert_counts
 from sbmoe.retrieval.ann import ann_search, ann_settings, build_ann_index, recall_against_exact
-from sbmoe.retrieval.encode import EmbeddingCache, default_device
-from sbmoe.retrieval.search import to_run
+from sbmoe.retrieval.encode import EmbeddingCache, apply_head, default_device
+from sbmoe.retrieval.search import search, to_run
 from sbmoe.retrieval.trec import write_trec_run
 
 logger = logging.getLogger(__name__)
@@ -59,16 +63,31 @@ def evaluate(
     dtype = resolve_dtype(settings.dtype, device)
 
     cache = EmbeddingCache(settings.cache_dir) if settings.use_cache else None
-    pooled = pool_collection(
-        model, tokenizer, corpus, queries, qrels, cache=cache, **settings.encoding(device)
-    )
+    encoding = settings.encoding(device)
+    pooled = pool_collection(model, tokenizer, corpus, queries, qrels, cache=cache, **encoding)
+    seen_split = _seen_split(settings, dataset)
+    seen = relevant_documents(dataset.qrels(seen_split)) if seen_split else None
+    fitting = None  # NUDGE's or the prior's split: (its name, qrels, query ids, pooled queries)
+    if settings.nudge or settings.prior:
+        split = settings.nudge or settings.prior
+        fitting_qrels = dataset.qrels(split)
+        ids, fitting_queries, _ = pool_queries(
+            model, tokenizer, queries, fitting_qrels, cache=cache, **encoding
+        )
+        fitting = (split, fitting_qrels, ids, fitting_queries)
 
     summaries = []
     for mode in modes:
         tick = time.perf_counter()
         # One extra hit per query so that dropping a self-hit still leaves top_k.
         k = settings.top_k + 1 if drop_self_hits else settings.top_k
-        found = retrieve(model, pooled.queries, pooled.documents, k, mode, backend=settings.backend)
+        fitted: list[Fitted] = []  # filled by `adjust` once the documents' embeddings exist
+        adjust = None
+        if fitting is not None:
+            adjust = _memorisation(settings, model, fitting, pooled.document_ids, mode, fitted)
+        found = retrieve(
+            model, pooled.queries, pooled.documents, k, mode, backend=settings.backend, adjust=adjust
+        )
         scores, indices, index_report = found.scores, found.indices, None
         if settings.index_type != "exact":
             scores, indices, index_report = _approximate_search(
@@ -76,8 +95,12 @@ def evaluate(
             )
         run = to_run(pooled.query_ids, pooled.document_ids, scores, indices)
         if drop_self_hits:
-            run = {q: dict(islice(hits.items(), settings.top_k)) for q, hits in remove_self_hits(run).items()}
+            run = _top(remove_self_hits(run), settings.top_k)
         result = evaluate_run(run, qrels, METRICS)
+        views, view_values = {}, {}
+        if seen is not None:
+            views, view_values = _views(settings, found, pooled, qrels, seen, result, drop_self_hits)
+            views = {"seen_split": seen_split, "seen_documents": len(seen), **views}
         per_mode = settings.per_mode_folders if settings.per_mode_folders is not None else len(modes) > 1
         mode_dir = output_dir / mode_folder(mode) if per_mode else output_dir
         summary = {
@@ -88,6 +111,9 @@ def evaluate(
             "dtype": dtype_name(dtype),
             **result.aggregate,
             "num_queries": result.num_queries,
+            **{name: statistics.fmean(values.values()) for name, values in view_values.items()},
+            "views": views or None,
+            "memorisation": fitted[0].report() if fitted else None,
             "drop_self_hits": drop_self_hits,
             "corpus_from_cache": pooled.documents_from_cache,
             "seconds": {
@@ -97,7 +123,7 @@ def evaluate(
             },
             "index": index_report,
             "expert_counts": _expert_counts(model, found.query_experts, found.document_experts),
-            "per_query": result.per_query,
+            "per_query": {**result.per_query, **view_values},
         }
         write_trec_run(run, mode_dir / "run.trec", tag=_run_tag(settings.model))
         write_json(mode_dir / "metrics.json", summary)
@@ -114,6 +140,87 @@ def evaluate(
     if settings.record_in_card and Path(settings.model).is_dir():
         record_evaluations(settings.model, summaries)
     return summaries
+
+
+def _memorisation(
+    settings: EvaluateSettings,
+    model: SBMoEModel,
+    fitting: tuple[str, dict[str, dict[str, int]], list[str], Any],
+    document_ids: list[str],
+    mode: str | None,
+    fitted: list[Fitted],
+):
+    """The `adjust` of `retrieve` for NUDGE or the prior: fitted on the documents' embeddings in `mode` (and
+    the fitting queries' in the same mode), appended to `fitted`, then applied."""
+    split, qrels, query_ids, pooled_queries = fitting
+
+    def adjust(query_embeddings: np.ndarray, document_embeddings: np.ndarray):
+        fit = fit_memorisation(
+            "nudge" if settings.nudge else "prior", split, qrels, query_ids,
+            apply_head(model, pooled_queries, mode)[0], document_ids, document_embeddings,
+            variant=settings.nudge_variant, seed=settings.memorisation_seed,
+        )  # fmt: skip
+        fitted.append(fit)
+        return fit.transform(query_embeddings, document_embeddings)
+
+    return adjust
+
+
+def _top(run: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, float]]:
+    """Each query's first `k` hits."""
+    return {query: dict(islice(hits.items(), k)) for query, hits in run.items()}
+
+
+def _seen_split(settings: EvaluateSettings, dataset: Any) -> str | None:
+    """The split whose relevant documents count as seen: as given, none, or (auto) the model's training split
+    when its training_config.json says it was trained on this collection and the collection has that split."""
+    choice = settings.seen_split
+    if choice == "none":
+        return None
+    if choice != "auto":
+        if choice not in dataset.splits():
+            raise SbmoeError(
+                f"seen_split {choice!r}: {dataset.name} has no such split; it has {dataset.splits()}"
+            )
+        if choice == settings.split:
+            raise SbmoeError(f"seen_split {choice!r} is the evaluated split: every document would be seen")
+        return choice
+    trained = trained_on(settings.model)
+    if trained is None:
+        return None
+    names, split = trained
+    if dataset.name in names and split in dataset.splits() and split != settings.split:
+        return split
+    return None
+
+
+def _views(
+    settings: EvaluateSettings,
+    found: Retrieval,
+    pooled: PooledCollection,
+    qrels: dict[str, dict[str, int]],
+    seen: set[str],
+    result: MetricResult,
+    drop_self_hits: bool,
+) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The views of `sbmoe.evaluation.views`: the unseen-documents run is a search of the same embeddings
+    over the documents that are not seen (exact; its depth is top_k, so Recall@100 is exact too)."""
+    kept_rows = np.array(
+        [row for row, doc in enumerate(pooled.document_ids) if doc not in seen], dtype=np.int64
+    )
+    kept_qrels = unseen_qrels(qrels, seen)
+    unseen = None
+    if kept_qrels and len(kept_rows):
+        k = settings.top_k + 1 if drop_self_hits else settings.top_k
+        scores, rows = search(
+            found.query_embeddings, found.document_embeddings[kept_rows], k, backend=settings.backend
+        )
+        kept_ids = [pooled.document_ids[row] for row in kept_rows]
+        run = to_run(pooled.query_ids, kept_ids, scores, rows)
+        if drop_self_hits:
+            run = _top(remove_self_hits(run), settings.top_k)
+        unseen = evaluate_run(run, kept_qrels, METRICS)
+    return view_summary(result.per_query, qrels, seen, unseen, METRICS)
 
 
 def _approximate_search(
@@ -197,16 +304,44 @@ def _decide_self_hits(choice: str, dataset: Any) -> bool:
 
 
 def format_table(summaries: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS) -> str:
-    """A plain-text table: one row per result, one column per metric."""
-    header = ["dataset", "split", "model", *metrics]
+    """A plain-text table: one row per result, one column per metric, then nDCG@10 in each view of
+    `sbmoe.evaluation.views` when the results have them (and a line saying what the views hold)."""
+    views = [view for view in VIEWS if any(view_metric(view, "ndcg@10") in s for s in summaries)]
+    columns = [*metrics, *(view_metric(view, "ndcg@10") for view in views)]
+    header = ["dataset", "split", "model", "mode", *columns]
     rows = [
-        [s["dataset"], s["split"], Path(s["model"]).name, *(f"{s[m]:.4f}" for m in metrics)]
+        [
+            s["dataset"], s["split"], Path(s["model"]).name, s.get("mode") or "-",
+            *(f"{s[m]:.4f}" if m in s else "-" for m in columns),
+        ]
         for s in summaries
-    ]
+    ]  # fmt: skip
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))
         for row in [header, *rows]
     ]
     lines.insert(1, "  ".join("-" * width for width in widths))
+    described = next((s["views"] for s in summaries if s.get("views")), None)
+    if described:
+        counts = ", ".join(
+            f"{view} {described[view]['num_queries']} queries"
+            + (
+                f" ({described[view]['dropped_queries']} left without a relevant document)"
+                if view == VIEWS[0]
+                else ""
+            )
+            for view in VIEWS
+        )
+        lines.append(
+            f"views against split {described['seen_split']} "
+            f"({described['seen_documents']} relevant documents seen): {counts}"
+        )
+    fitted = next((s["memorisation"] for s in summaries if s.get("memorisation")), None)
+    if fitted:
+        lines.append(
+            f"{fitted['method']} fitted on {fitted['fit_queries']} {fitted['split']} queries "
+            f"({fitted['documents']} documents), step {fitted['step']:g} chosen on "
+            f"{fitted['validation_queries']} held-out queries"
+        )
     return "\n".join(lines)

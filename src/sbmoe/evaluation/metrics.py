@@ -74,9 +74,14 @@ class MetricResult:
 
 
 def metric_label(metric: str) -> str:
-    """ "ndcg@10" -> "nDCG@10", "recall@100" -> "Recall@100"; unknown names are returned unchanged."""
+    """ "ndcg@10" -> "nDCG@10", "recall@100" -> "Recall@100", "unseen-docs/ndcg@10" -> "nDCG@10 unseen docs"
+    (a view of `sbmoe.evaluation.views`); unknown names are returned unchanged."""
+    from sbmoe.evaluation.views import VIEW_LABELS, split_view_metric
+
+    view, metric = split_view_metric(metric)
     name, at, cutoff = metric.partition("@")
-    return METRIC_LABELS.get(name, name) + at + cutoff
+    label = METRIC_LABELS.get(name, name) + at + cutoff
+    return f"{label} {VIEW_LABELS[view]}" if view else label
 
 
 def _canonical_name(name: str) -> tuple[str, str, int]:

@@ -8,7 +8,7 @@ cache); each routing mode is then the model's head over the same pooled texts an
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,19 +59,31 @@ def pool_collection(
     tick = time.perf_counter()
     documents, from_cache = encode_cached(model, tokenizer, corpus.ids, corpus.document_texts(), **options)
     corpus_seconds = time.perf_counter() - tick
-    query_ids = judged_queries(queries, qrels)
-    tick = time.perf_counter()
-    pooled_queries, _ = encode_cached(
-        model, tokenizer, query_ids, [queries[q] for q in query_ids], "query", **options
-    )
+    query_ids, pooled_queries, query_seconds = pool_queries(model, tokenizer, queries, qrels, **options)
     return PooledCollection(
         query_ids=query_ids,
         queries=pooled_queries,
         document_ids=list(corpus.ids),
         documents=documents,
         documents_from_cache=from_cache,
-        seconds={"corpus_encoding": corpus_seconds, "query_encoding": time.perf_counter() - tick},
+        seconds={"corpus_encoding": corpus_seconds, "query_encoding": query_seconds},
     )
+
+
+def pool_queries(
+    model: SBMoEModel,
+    tokenizer: PreTrainedTokenizerBase,
+    queries: Mapping[str, str],
+    qrels: Mapping[str, object],
+    **options,
+) -> tuple[list[str], Pooled, float]:
+    """The judged queries of `qrels`: (their ids, pooled, seconds taken). options: of `encode_cached`."""
+    tick = time.perf_counter()
+    query_ids = judged_queries(queries, qrels)
+    pooled, _ = encode_cached(
+        model, tokenizer, query_ids, [queries[q] for q in query_ids], "query", **options
+    )
+    return query_ids, pooled, time.perf_counter() - tick
 
 
 @dataclass(frozen=True)
@@ -97,11 +109,15 @@ def retrieve(
     k: int,
     mode: str | None = None,
     backend: str = "torch",
+    adjust: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> Retrieval:
     """The model's head over pooled queries and documents in routing `mode` (None: the model's default),
     then exact maximum-inner-product search for each query's top `k` documents (`backend`: see
-    `sbmoe.retrieval.search.search`)."""
+    `sbmoe.retrieval.search.search`). adjust: applied to (query, document) embeddings before the search
+    (NUDGE or the document prior, `sbmoe.evaluation.memorisation`)."""
     document_embeddings, document_experts = apply_head(model, documents, mode)
     query_embeddings, query_experts = apply_head(model, queries, mode)
+    if adjust is not None:
+        query_embeddings, document_embeddings = adjust(query_embeddings, document_embeddings)
     scores, indices = search(query_embeddings, document_embeddings, k, backend=backend)
     return Retrieval(query_embeddings, document_embeddings, query_experts, document_experts, scores, indices)

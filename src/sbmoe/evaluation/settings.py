@@ -13,7 +13,7 @@ from typing import Any
 from sbmoe.modeling.fields import check_choices, setting
 from sbmoe.modeling.precision import DTYPE_HELP, DTYPES, resolve_dtype
 from sbmoe.modeling.settings import EncoderOverrides
-from sbmoe.retrieval.choices import BACKENDS, INDEX_TYPES
+from sbmoe.retrieval.choices import BACKENDS, INDEX_TYPES, NUDGE_VARIANTS
 
 SELF_HIT_CHOICES = ("auto", "yes", "no")
 
@@ -92,8 +92,26 @@ class EvaluateSettings(SplitSettings, EncoderOverrides):
     record_in_card: bool = setting(
         True, "add the metrics to the model folder's card (README.md), if sbmoe wrote it"
     )
+    seen_split: str = setting(
+        "auto",
+        "qrels split whose relevant documents count as seen in training: adds the unseen-documents view and "
+        "the queries with / without a seen positive (auto: the model's training split if it was trained on "
+        "this collection; none: no views)",
+    )
+    nudge: str | None = setting(
+        None, "qrels split whose queries move their relevant documents' embeddings (NUDGE) before search"
+    )
+    nudge_variant: str = setting("n", "NUDGE-N (unit norm) or NUDGE-M (bounded move)", NUDGE_VARIANTS)
+    prior: str | None = setting(
+        None, "qrels split whose relevant documents gain a score bonus (the document prior) in search"
+    )
+    memorisation_seed: int = setting(42, "seed of the queries that choose the NUDGE or prior step")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.nudge is not None and self.prior is not None:
+            raise ValueError("nudge and prior are two baselines: choose one")
+        if self.split in (self.nudge, self.prior):
+            raise ValueError(f"the evaluated split {self.split!r} cannot also fit NUDGE or the prior")

@@ -78,7 +78,8 @@ def compare_systems(
         for row_a, row_b in _compared_rows(rows, system_a, system_b):
             name = f"{row_a.label} vs {row_b.label} on {key[2]}"
             for metric in metrics:
-                cells.append((key, row_a, row_b, Pairing(metric, rows[row_a], rows[row_b], name)))
+                if metric_values(rows[row_a], metric) and metric_values(rows[row_b], metric):
+                    cells.append((key, row_a, row_b, Pairing(metric, rows[row_a], rows[row_b], name)))
     if not cells:
         raise SbmoeError(f"{folder}: no test collection where both {system_a} and {system_b} ran")
     outcomes = paired_tests([pairing for *_, pairing in cells], MetricsFiles(folder), test, alpha)

@@ -39,13 +39,19 @@ import yaml
 from sbmoe.data import load_dataset
 from sbmoe.errors import SbmoeError
 from sbmoe.modeling.moe import parse_mode
+from sbmoe.retrieval.choices import NUDGE_VARIANTS
 from sbmoe.training.config import FIELD_NAMES as TRAINING_FIELDS
 from sbmoe.training.config import SYSTEM_BLOCK
 from sbmoe.training.data import COLLECTION_SEPARATOR, collection_names
 
 SYSTEMS = (
     "zero-shot", "finetune", "adapter", "gated-adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned",
+    "nudge", "prior",
 )  # fmt: skip
+# Systems that train nothing: the base's (or another system's, `model: "@label"`) embeddings with the
+# training collection's documents moved by NUDGE or boosted by the document prior, fitted on the training
+# split (`sbmoe.evaluation.memorisation`). Their settings are those below, not training settings.
+MEMORISING = {"nudge": {"model", "nudge_variant"}, "prior": {"model"}}
 # What each system means for `sbmoe train` (TrainingConfig fields; the block fields a training system fixes
 # are in sbmoe.training.config.SYSTEM_BLOCK).
 SYSTEM_TRAINING: dict[str, dict[str, Any]] = {
@@ -74,7 +80,7 @@ class SystemSpec:
     label: str
     system: str
     num_experts: tuple[int | None, ...]
-    training: dict[str, Any]
+    training: dict[str, Any]  # TrainingConfig fields; for nudge and prior, their own settings (MEMORISING)
 
 
 @dataclass
@@ -248,6 +254,9 @@ def _parse_systems(raw: Any, num_experts: list[int], fail) -> list[SystemSpec]:
         system = settings.pop("system", label)
         if system not in SYSTEMS:
             raise fail(f"systems: {label!r} is not a known system; known: {list(SYSTEMS)} (or set system:)")
+        if system in MEMORISING:
+            specs.append(_memorising_spec(label, system, settings, specs, fail))
+            continue
         counts = settings.pop("num_experts", None)
         if counts is not None and (
             not isinstance(counts, list) or not all(isinstance(n, int) and n >= 1 for n in counts)
@@ -267,6 +276,33 @@ def _parse_systems(raw: Any, num_experts: list[int], fail) -> list[SystemSpec]:
     return specs
 
 
+def _memorising_spec(
+    label: str, system: str, settings: dict[str, Any], earlier: list[SystemSpec], fail
+) -> SystemSpec:
+    """nudge or prior: on the base, or on the model of a trained system listed before (`model: "@label"`,
+    one number of experts), whose number of experts the runs share."""
+    unknown = sorted(set(settings) - MEMORISING[system])
+    if unknown:
+        raise fail(f"systems.{label}: {system} trains nothing; {unknown} are not its settings "
+                   f"(it has {sorted(MEMORISING[system])})")  # fmt: skip
+    variant = settings.get("nudge_variant", "n")
+    if variant not in NUDGE_VARIANTS:
+        raise fail(f"systems.{label}.nudge_variant must be one of {list(NUDGE_VARIANTS)}, got {variant!r}")
+    source = settings.get("model")
+    if source is None:
+        return SystemSpec(label, system, (None,), settings)
+    spec = next((s for s in earlier if isinstance(source, str) and s.label == source.removeprefix("@")), None)
+    if (
+        not isinstance(source, str) or not source.startswith("@") or spec is None
+        or spec.system in ("zero-shot", *MEMORISING) or len(spec.num_experts) != 1
+    ):  # fmt: skip
+        raise fail(
+            f"systems.{label}.model {source!r}: must name a trained system with one number of experts listed "
+            f'before {label!r} (e.g. "@adapter"); listed before: {[s.label for s in earlier]}'
+        )
+    return SystemSpec(label, system, spec.num_experts, settings)
+
+
 def _check_init_from(label: str, settings: dict[str, Any], earlier: list[SystemSpec], fail) -> None:
     """`init_from: "@other"` names a system listed before, with one expert (its model seeds the experts)."""
     source = settings.get("init_from")
@@ -282,7 +318,15 @@ def _check_init_from(label: str, settings: dict[str, Any], earlier: list[SystemS
 
 def init_from_label(training: dict[str, Any]) -> str | None:
     """The system label an `init_from: "@label"` setting refers to, or None."""
-    source = training.get("init_from")
+    return _label(training.get("init_from"))
+
+
+def model_label(spec: SystemSpec) -> str | None:
+    """The system whose model a nudge or prior system adjusts (`model: "@label"`), or None (the base)."""
+    return _label(spec.training.get("model")) if spec.system in MEMORISING else None
+
+
+def _label(source: Any) -> str | None:
     return source[1:] if isinstance(source, str) and source.startswith("@") else None
 
 

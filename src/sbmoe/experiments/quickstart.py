@@ -2,7 +2,8 @@
 
 The base encoder stays frozen: its pooled vectors are computed once and every system trains only its
 block on them with the default frozen recipe (seconds per run on a CPU). Systems: the untrained base
-(ZERO-SHOT), a single-expert ADAPTER (the paper's control, and the baseline of the significance tests), the
+(ZERO-SHOT), the two memorisation baselines that train nothing (PRIOR: a score bonus for training
+positives; NUDGE: training positives' embeddings moved towards their training queries), a single-expert ADAPTER (the paper's control, and the baseline of the significance tests), the
 gated adapter (one expert scaled by a learned per-text gate), SB-MoE in the paper's two variants, and
 cluster routing, the best routed design of the frozen SciFact grid on validation
 (docs/results/frozen-scifact), evaluated with TOP-1 and ALL routing. Then the report, and an expert
@@ -41,6 +42,8 @@ def quickstart_config(
         "train_datasets": [dataset],
         "systems": {
             "zero-shot": {},
+            "prior": {},
+            "nudge": {},
             "adapter": {},
             "gated-adapter": {},
             "sbmoe-faithful": {"num_experts": [num_experts]},

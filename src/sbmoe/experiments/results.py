@@ -26,10 +26,13 @@ RESULT_KEYS = (
     "metrics", "metrics_file",
 )  # fmt: skip
 SYSTEM_ORDER = (
-    "zero-shot", "finetune", "adapter", "gated-adapter", "random-gate", "sbmoe-faithful", "sbmoe-learned",
+    "zero-shot", "prior", "nudge", "finetune", "adapter", "gated-adapter", "random-gate", "sbmoe-faithful",
+    "sbmoe-learned",
 )  # fmt: skip
 SYSTEM_LABELS = {
     "zero-shot": "ZERO-SHOT",
+    "prior": "PRIOR",
+    "nudge": "NUDGE",
     "finetune": "FINE-TUNED",
     "adapter": "ADAPTER",
     "gated-adapter": "GATED ADAPTER",

@@ -18,7 +18,15 @@ from typing import Any
 
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.evaluate import EvaluateSettings, evaluate, mode_folder
-from sbmoe.experiments.config import SYSTEM_TRAINING, ExperimentConfig, init_from_label
+from sbmoe.evaluation.metrics import METRICS
+from sbmoe.evaluation.views import VIEWS, view_metric
+from sbmoe.experiments.config import (
+    MEMORISING,
+    SYSTEM_TRAINING,
+    ExperimentConfig,
+    init_from_label,
+    model_label,
+)
 from sbmoe.io import atomic_write_text, provenance, write_json
 from sbmoe.modeling import load_model
 from sbmoe.progress import progress_bar
@@ -28,6 +36,7 @@ from sbmoe.training.trainer import train
 
 logger = logging.getLogger(__name__)
 
+VIEW_METRICS = tuple(view_metric(view, metric) for view in VIEWS for metric in METRICS)
 MODEL_FILES = ("model.safetensors", "best", "checkpoints")  # removed after evaluation unless models are kept
 
 
@@ -42,6 +51,7 @@ class Run:
     seed: int | None
     training: dict[str, Any]
     init_from_run: str | None = None  # the run whose model `init_from: "@label"` upcycles
+    model_run: str | None = None  # nudge, prior: the run whose model they adjust (`model: "@label"`)
 
 
 def _run_id(dataset: str, base_tag: str, label: str, experts: int | None, seed: int) -> str:
@@ -63,24 +73,25 @@ def plan_runs(config: ExperimentConfig) -> list[Run]:
                 if spec.system == "zero-shot":
                     continue
                 source = init_from_label(spec.training)  # a system with 1 expert (checked by the config)
+                adjusted = model_label(spec)  # nudge, prior: the system they adjust (or None: the base)
                 for experts in spec.num_experts:
                     for seed in config.seeds:
                         run_id = _run_id(dataset, base_tag, spec.label, experts, seed)
+                        if spec.system in MEMORISING:
+                            model_run = (
+                                _run_id(dataset, base_tag, adjusted, experts, seed) if adjusted else None
+                            )
+                            runs.append(
+                                Run(run_id, spec.label, spec.system, base, dataset, experts, seed,
+                                    spec.training, model_run=model_run)
+                            )  # fmt: skip
+                            continue
                         training = {**config.training, **spec.training}
                         source_run = _run_id(dataset, base_tag, source, 1, seed) if source else None
                         runs.append(
-                            Run(
-                                run_id,
-                                spec.label,
-                                spec.system,
-                                base,
-                                dataset,
-                                experts,
-                                seed,
-                                training,
-                                source_run,
-                            )
-                        )
+                            Run(run_id, spec.label, spec.system, base, dataset, experts, seed, training,
+                                source_run)
+                        )  # fmt: skip
     return runs
 
 
@@ -144,9 +155,16 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
     of the long steps (encoding a collection the first time) follow `progress`."""
     started = time.perf_counter()
     folder.mkdir(parents=True)
+    memorising: dict[str, Any] = {}  # nudge or prior: the evaluation settings of the in-domain collections
     if run.system == "zero-shot":
         model_path = run.base
-        collections = [*_in_domain(run, config), *config.zero_shot_datasets]
+    elif run.system in MEMORISING:
+        model_path = str(output / "runs" / run.model_run / "model") if run.model_run else run.base
+        memorising = {
+            run.system: config.train_split,
+            "nudge_variant": run.training.get("nudge_variant", "n"),
+            "memorisation_seed": run.seed,
+        }
     else:
         model_path = str(folder / "model")
         settings = {
@@ -169,11 +187,14 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             train(TrainingConfig(**settings))
         except ValueError as error:
             raise SbmoeError(f"run {run.run_id}: {error}") from error
-        collections = [*_in_domain(run, config), *config.zero_shot_datasets]
+    in_domain = _in_domain(run, config)
     loaded = load_model(model_path)
     modes = _modes(run, config, loaded[0])
     lines = []
-    for collection in dict.fromkeys(collections):
+    for collection in dict.fromkeys([*in_domain, *config.zero_shot_datasets]):
+        # In-domain, every system is also scored against what the training split judged (the views of
+        # sbmoe.evaluation.views), the untrained base included, so that their rows compare.
+        seen = config.train_split if collection in in_domain else "none"
         settings = EvaluateSettings(
             model=model_path,
             dataset=collection,
@@ -185,6 +206,9 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             per_mode_folders=True,
             progress=progress,
             dtype=config.dtype,
+            seen_split=seen,
+            record_in_card=run.system not in MEMORISING,  # the card describes the adjusted model's own
+            **(memorising if collection in in_domain else {}),
         )
         summaries = evaluate(settings, loaded=loaded)
         for summary in summaries:
@@ -216,8 +240,9 @@ def _in_domain(run: Run, config: ExperimentConfig) -> list[str]:
 
 
 def _keeps_model(run: Run, config: ExperimentConfig) -> bool:
-    """Models asked for by keep_models, and those another system upcycles from (init_from "@label")."""
-    if any(init_from_label(spec.training) == run.label for spec in config.systems):
+    """Models asked for by keep_models, and those another system upcycles from (init_from "@label") or
+    adjusts (nudge, prior: model "@label")."""
+    if any(run.label in (init_from_label(spec.training), model_label(spec)) for spec in config.systems):
         return True
     keep = config.keep_models
     return keep if isinstance(keep, bool) else run.label in keep
@@ -240,9 +265,7 @@ def _result_line(
         "split": config.test_split,
         "setting": "in-domain" if in_domain else "zero-shot",
         "mode": mode,
-        "metrics": {
-            name: summary[name] for name in ("ndcg@10", "recall@100", "mrr@10", "map@100", "p@1", "ndcg@3")
-        },
+        "metrics": {name: summary[name] for name in (*METRICS, *VIEW_METRICS) if name in summary},
         "metrics_file": str(metrics_file.relative_to(output)),
     }
 

@@ -56,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BASELINES = ("finetune", "adapter", "zero-shot")
 DEFAULT_METRICS = ("ndcg@10", "recall@100")
+VIEW_METRIC = "unseen-docs/ndcg@10"  # a default column where the grid scored unseen documents
 FIGURE_METRICS = ("ndcg@10", "recall@100")
 
 
@@ -227,7 +228,7 @@ def _setting(records: Iterable[dict], train: str | None, eval_dataset: str) -> s
 def build_report(
     folder: Path,
     *,
-    metrics: Sequence[str] = DEFAULT_METRICS,
+    metrics: Sequence[str] | None = None,
     baseline: str | None = None,
     test: str = "t-test",
     alpha: float = 0.05,
@@ -235,6 +236,8 @@ def build_report(
 ) -> Report:
     """Tables, significance tests and figure data of the experiment in `folder` (see the module docstring).
 
+    metrics: default DEFAULT_METRICS, and nDCG@10 on unseen documents where the results have it
+    (`VIEW_METRIC`).
     baseline: a system name ("finetune", "adapter", "zero-shot", ...); default: in each table the first
     present of finetune, adapter, zero-shot. test: "t-test" or "randomization". figure_format: the
     figure's file format, png, pdf or svg (the Markdown names that file). Raises ValueError for a bad test,
@@ -247,13 +250,15 @@ def build_report(
         raise ValueError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
     if figure_format not in FIGURE_FORMATS:
         raise ValueError(f"figure_format must be one of {list(FIGURE_FORMATS)}, got {figure_format!r}")
-    metrics = list(metrics)
-    if not metrics:
-        raise ValueError("metrics must name at least one metric")
     results = deduplicate_results(load_results(folder))
     if not results:
         raise SbmoeError(f"{folder / 'results.jsonl'} holds no results yet")
     available = {name for record in results for name in record["metrics"]}
+    if metrics is None:
+        metrics = [*DEFAULT_METRICS, *([VIEW_METRIC] if VIEW_METRIC in available else [])]
+    metrics = list(metrics)
+    if not metrics:
+        raise ValueError("metrics must name at least one metric")
     unknown = [m for m in metrics if m not in available]
     if unknown:
         raise SbmoeError(f"metrics {unknown} are in no result; available: {sorted(available)}")
@@ -390,7 +395,8 @@ def _zero_shot_tables(results: list[dict], metrics: Sequence[str]) -> list[ZeroS
                 complete = len(values) == len(collections)
                 mean = statistics.fmean(values[c] for c in collections) if complete else None
                 table_rows.append(ZeroShotRow(row, values, mean))
-            tables.append(ZeroShotTable(train, base, metric, collections, table_rows))
+            if any(table_row.values for table_row in table_rows):  # a view exists only in-domain
+                tables.append(ZeroShotTable(train, base, metric, collections, table_rows))
     return tables
 
 

@@ -95,6 +95,22 @@ def _pooling_from_sentence_transformers(config: dict[str, Any], where: Path) -> 
     raise SbmoeError(f"{where}: pooling {mode!r} is not supported (sbmoe supports mean and cls)")
 
 
+def trained_on(model: str | Path) -> tuple[list[str], str] | None:
+    """(the collections, the qrels split) a model folder written by `sbmoe train` was trained on, from its
+    training_config.json ("a+b" names two collections; a folder is known by its last part); None for any
+    other model or an unreadable record."""
+    path = Path(model) / "training_config.json"
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))["config"]
+        names = [Path(name.strip()).name for name in str(config["dataset"]).split("+")]
+        return names, str(config["train_split"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        logger.warning("%s is unreadable (%s): the model's training collection is unknown", path, error)
+        return None
+
+
 def is_sbmoe_folder(path: str | Path) -> bool:
     config_file = Path(path) / "config.json"
     return config_file.is_file() and _read_json(config_file).get("model_type") == SBMoEConfig.model_type

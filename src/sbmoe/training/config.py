@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from sbmoe.data.splits import HOLDOUTS
 from sbmoe.errors import SbmoeError
 from sbmoe.modeling.fields import check_choices, setting, split_names
 from sbmoe.modeling.precision import DTYPE_HELP, DTYPES
@@ -104,6 +105,18 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
     )
     validation_share: float = setting(
         0.05, "share of training queries held out when there is no validation split"
+    )
+    validation_holdout: str = setting(
+        "documents",
+        "held-out validation queries: documents (whole groups of queries linked by shared positives, so "
+        "that no validation positive is a training positive; queries where the collection allows no such "
+        "split) or queries (a random sample)",
+        HOLDOUTS,
+    )
+    exclude_positives_of: str | None = setting(
+        None,
+        "a qrels split (e.g. test): leave out every training query that shares a relevant document with it, "
+        "so that it measures retrieval of documents training never saw",
     )
     validation_documents: int | None = setting(
         None, "documents besides the positives that validation searches", null="all (frozen encoder) or 1000"

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from sbmoe.data import BeirDataset, document_text, load_dataset
+from sbmoe.data.splits import exclude_sharing, hold_out
 from sbmoe.distributed import DistributedInfo
 from sbmoe.errors import SbmoeError
 from sbmoe.retrieval.encode import EmbeddingCache, Pooled, encode_cached
@@ -88,17 +89,6 @@ def training_examples(
             "split %s: %d judged queries have no relevant document in the corpus; skipped", split, skipped
         )
     return examples
-
-
-def hold_out(examples: list[Example], share: float, seed: int) -> tuple[list[Example], list[Example]]:
-    """Split off `share` of the examples (at least one) for validation, reproducibly."""
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(examples), generator=generator).tolist()
-    count = max(1, round(share * len(examples)))
-    held = set(order[:count])
-    return [e for i, e in enumerate(examples) if i not in held], [
-        e for i, e in enumerate(examples) if i in held
-    ]
 
 
 def epoch_batches(
@@ -330,7 +320,8 @@ def _collection_data(
     """One collection's examples and validation (its dev split if any, else held-out training queries),
     hard negatives and validation documents."""
     queries, doc_ids = dataset.queries, set(dataset.corpus.ids)
-    examples = training_examples(dataset.qrels(config.train_split), queries, doc_ids, config.train_split)
+    train_qrels = _training_qrels(config, dataset)
+    examples = training_examples(train_qrels, queries, doc_ids, config.train_split)
     validation_split = config.validation_split
     if validation_split is None and "dev" in dataset.splits() and config.train_split != "dev":
         validation_split = "dev"
@@ -338,9 +329,9 @@ def _collection_data(
         validation = training_examples(dataset.qrels(validation_split), queries, doc_ids, validation_split)
         validation_qrels = dataset.qrels(validation_split)
         train_examples = examples
+        _log_overlap(dataset.name, validation_split, validation, train_examples)
     else:
-        train_examples, validation = hold_out(examples, config.validation_share, config.seed)
-        train_qrels = dataset.qrels(config.train_split)
+        train_examples, validation = _hold_out(examples, config, dataset.name)
         validation_qrels = {e.query_id: train_qrels[e.query_id] for e in validation}
     if len(train_examples) < config.batch_size:
         raise SbmoeError(
@@ -363,6 +354,62 @@ def _collection_data(
         name, prefix, dataset, train_examples, validation, validation_qrels, negatives, doc_rows,
         validation_doc_ids,
     )  # fmt: skip
+
+
+def _training_qrels(config: TrainingConfig, dataset: BeirDataset) -> dict[str, dict[str, int]]:
+    """The training split's judgements, without the queries that share a relevant document with the split
+    `exclude_positives_of` names (if any)."""
+    qrels = dataset.qrels(config.train_split)
+    if config.exclude_positives_of is None:
+        return qrels
+    if config.exclude_positives_of == config.train_split:
+        raise SbmoeError(f"exclude_positives_of {config.exclude_positives_of!r} is the training split itself")
+    kept, dropped = exclude_sharing(qrels, dataset.qrels(config.exclude_positives_of))
+    logger.info(
+        "%s: %d of %d %s queries share a relevant document with %s and are left out (%d remain)",
+        dataset.name, len(dropped), len(qrels), config.train_split, config.exclude_positives_of, len(kept),
+    )  # fmt: skip
+    if not kept:
+        raise SbmoeError(
+            f"{dataset.name}: every {config.train_split} query shares a relevant document with "
+            f"{config.exclude_positives_of}; exclude_positives_of leaves nothing to train on"
+        )
+    return kept
+
+
+def _hold_out(
+    examples: list[Example], config: TrainingConfig, name: str
+) -> tuple[list[Example], list[Example]]:
+    """(training, validation) examples: `config.validation_share` of the queries held out as
+    `config.validation_holdout` says; a "documents" hold-out the collection cannot give falls back to
+    "queries", with a warning."""
+    positives = {e.query_id: e.positives for e in examples}
+    kind = config.validation_holdout
+    split = hold_out(positives, config.validation_share, config.seed, kind)
+    if split is None:
+        logger.warning(
+            "%s: no document-disjoint validation hold-out of %.0f %% exists (queries linked by shared "
+            "positives form one large group); holding out random queries, whose positives training may see",
+            name, 100 * config.validation_share,
+        )  # fmt: skip
+        kind = "queries"
+        split = hold_out(positives, config.validation_share, config.seed, kind)
+    by_id = {e.query_id: e for e in examples}
+    train, held = ([by_id[q] for q in ids] for ids in split)
+    logger.info("%s: %d validation queries held out (%s hold-out)", name, len(held), kind)
+    return train, held
+
+
+def _log_overlap(name: str, split: str, validation: list[Example], train: list[Example]) -> None:
+    """Say how many validation queries share a relevant document with a training query (they reward
+    memorising the training positives)."""
+    seen = {doc for e in train for doc in e.positives}
+    sharing = sum(1 for e in validation if seen & set(e.positives))
+    if sharing:
+        logger.info(
+            "%s: %d of %d %s queries share a relevant document with a training query",
+            name, sharing, len(validation), split,
+        )  # fmt: skip
 
 
 def training_batches(config: TrainingConfig, data: TrainingData, epoch: int, world_size: int) -> list[Batch]:

@@ -460,6 +460,12 @@ def _card_training(config: TrainingConfig, summary: dict[str, Any]) -> dict[str,
     return {
         "datasets": collection_names(config.dataset),
         "split": config.train_split,
+        "training queries left out": (
+            f"those sharing a relevant document with {config.exclude_positives_of}"
+            if config.exclude_positives_of
+            else "none"
+        ),
+        "validation hold-out": config.validation_split or config.validation_holdout,
         "system": config.system,
         "frozen encoder": config.freeze_encoder,
         "epochs": summary["epochs_run"],
