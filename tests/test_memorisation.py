@@ -181,7 +181,9 @@ def test_the_prior_adds_beta_to_boosted_documents_only():
     queries, documents = rng.normal(size=(4, 6)), rng.normal(size=(5, 6))
     boosted = np.array([True, False, False, True, False])
     q, d = with_prior(queries, documents, boosted, 0.25)
-    np.testing.assert_allclose(q @ d.T - queries @ documents.T, np.outer(np.ones(4), 0.25 * boosted), atol=1e-6)
+    np.testing.assert_allclose(
+        q @ d.T - queries @ documents.T, np.outer(np.ones(4), 0.25 * boosted), atol=1e-6
+    )
 
 
 def test_fit_chooses_a_step_that_memorising_pays_for():
@@ -201,3 +203,105 @@ def test_fit_chooses_a_step_that_memorising_pays_for():
         q, d = fitted.transform(queries, documents)
         if method == "nudge":
             assert q is queries and np.array_equal(d[20:], documents[20:])
+
+
+# ---------------------------------------------------------------------------------- grids, command line
+
+
+def test_nudge_and_prior_run_as_grid_systems_beside_the_views(tiny_encoder, tmp_path):
+    from tiny import make_synthetic_beir
+
+    from sbmoe.experiments.config import build_experiment_config
+    from sbmoe.experiments.runner import plan_runs, run_experiment
+    from sbmoe.experiments.tables import build_report
+
+    make_synthetic_beir(tmp_path / "data" / "alpha", seed=1)
+    make_synthetic_beir(tmp_path / "data" / "beta", seed=2)
+    systems = {
+        "zero-shot": {}, "nudge": {}, "prior": {}, "adapter": {},
+        "adapter-nudge": {"system": "nudge", "model": "@adapter", "nudge_variant": "m"},
+    }  # fmt: skip
+    raw = {
+        "name": "tiny", "bases": [str(tiny_encoder)], "train_datasets": ["alpha"],
+        "zero_shot_datasets": ["beta"], "systems": systems, "seeds": [1], "data_dir": str(tmp_path / "data"),
+        "training": {"freeze_encoder": True, "epochs": 1, "batch_size": 4},
+    }  # fmt: skip
+    config = build_experiment_config(raw, where="test")
+    runs = {run.label: run for run in plan_runs(config)}
+    assert (
+        runs["adapter-nudge"].model_run == "alpha/tiny-bert/adapter-n1/seed1"
+        and runs["nudge"].model_run is None
+    )
+    results = run_experiment(config, tmp_path / "exp", progress=False)
+    by = {(line["system"], line["eval_dataset"]): line for line in results}
+    # In-domain every system has the views, the untrained base included; zero-shot collections have none.
+    assert all("unseen-docs/ndcg@10" in by[(s, "alpha")]["metrics"] for s in systems)
+    assert "unseen-docs/ndcg@10" not in by[("nudge", "beta")]["metrics"]
+    # NUDGE moves nothing of a collection it was not fitted on: zero-shot it is the base.
+    assert by[("nudge", "beta")]["metrics"] == by[("zero-shot", "beta")]["metrics"]
+    metrics = json.loads((tmp_path / "exp" / by[("adapter-nudge", "alpha")]["metrics_file"]).read_text())
+    assert metrics["memorisation"]["method"] == "nudge-m" and metrics["memorisation"]["split"] == "train"
+    adapter_model = tmp_path / "exp" / "runs" / "alpha" / "tiny-bert" / "adapter-n1" / "seed1" / "model"
+    assert (adapter_model / "model.safetensors").is_file()  # kept: another system adjusts it
+    report = build_report(tmp_path / "exp")
+    assert "unseen-docs/ndcg@10" in report.metrics and "NUDGE" in report.markdown
+
+
+@pytest.mark.parametrize(
+    ("systems", "message"),
+    [
+        ({"nudge": {"epochs": 3}}, "trains nothing"),
+        ({"nudge": {"nudge_variant": "x"}}, "nudge_variant"),
+        ({"nudge": {"model": "@adapter"}, "adapter": {}}, "listed before"),
+        ({"zero-shot": {}, "n": {"system": "prior", "model": "@zero-shot"}}, "trained system"),
+    ],
+)
+def test_bad_memorising_systems_are_refused(tiny_encoder, tiny_beir, systems, message):
+    from sbmoe.errors import SbmoeError
+    from sbmoe.experiments.config import build_experiment_config
+
+    raw = {"name": "t", "bases": [str(tiny_encoder)], "train_datasets": [str(tiny_beir)], "systems": systems}
+    with pytest.raises(SbmoeError, match=message):
+        build_experiment_config(raw, where="test", check_data=False)
+
+
+def test_evaluate_command_with_nudge_and_prior(tiny_encoder, tiny_beir, tmp_path, capsys):
+    from sbmoe.commands import main
+
+    args = ["evaluate", "--model", str(tiny_encoder), "--dataset", str(tiny_beir), "--no-progress"]
+    assert (
+        main([*args, "--output-dir", str(tmp_path / "n"), "--nudge", "train", "--seen-split", "train"]) == 0
+    )
+    printed = capsys.readouterr().out
+    assert "nudge-n fitted on" in printed and "unseen-docs/ndcg@10" in printed
+    assert main([*args, "--output-dir", str(tmp_path / "p"), "--prior", "train"]) == 0
+    assert json.loads((tmp_path / "p" / "metrics.json").read_text())["memorisation"]["method"] == "prior"
+    assert main([*args, "--output-dir", str(tmp_path / "x"), "--nudge", "test"]) == 2  # the evaluated split
+    assert main([*args, "--output-dir", str(tmp_path / "y"), "--nudge", "dev"]) == 2  # no such split
+    assert "dev" in capsys.readouterr().err
+
+
+def test_index_with_nudge_moves_only_the_judged_documents(tiny_encoder, tiny_beir, tmp_path, capsys):
+    from sbmoe.commands import main
+
+    args = ["index", "--model", str(tiny_encoder), "--dataset", str(tiny_beir), "--no-progress"]
+    assert main([*args, "--output", str(tmp_path / "plain")]) == 0
+    assert (
+        main([*args, "--output", str(tmp_path / "nudged"), "--nudge", "train", "--nudge-variant", "m"]) == 0
+    )
+    assert "nudge-m" in capsys.readouterr().out
+    info = json.loads((tmp_path / "nudged" / "index.json").read_text())
+    assert info["nudge"]["split"] == "train" and info["nudge"]["fit_queries"] == 3
+    plain = np.load(tmp_path / "plain" / "embeddings.npy")
+    nudged = np.load(tmp_path / "nudged" / "embeddings.npy")
+    ids = [
+        json.loads(line)["_id"] for line in (tmp_path / "plain" / "documents.jsonl").read_text().splitlines()
+    ]
+    judged = [ids.index(d) for d in ("d1", "d2", "d3", "d4")]
+    others = [row for row in range(len(ids)) if row not in judged]
+    assert np.array_equal(plain[others], nudged[others])
+    if info["nudge"]["step"] > 0:
+        assert not np.allclose(plain[judged], nudged[judged])
+    assert main(["search", "--index", str(tmp_path / "nudged"), "gene protein", "--top-k", "3"]) == 0
+    assert main([*args[:3], "--corpus", str(tiny_beir / "corpus.jsonl"), "--output", str(tmp_path / "z"),
+                 "--nudge", "train"]) == 2  # fmt: skip

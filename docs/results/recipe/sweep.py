@@ -60,7 +60,7 @@ def main() -> None:
                 EvaluateSettings(
                     model=str(folder), dataset=config.dataset, split=args.test_split,
                     data_dir=config.data_dir, output_dir=str(folder.parent / "eval"), top_k=100,
-                    progress=False,
+                    progress=False, dtype=config.dtype,
                 )
             )  # fmt: skip
         line = {

@@ -72,12 +72,14 @@ def _encode_shard(
     num_shards: int = 1,
     shard_index: int = 0,
     progress: bool = True,
+    loaded: tuple[Any, Any] | None = None,
 ) -> Path:
-    """Load --model and encode shard `shard_index` of --corpus or --dataset into `output` (`encode_shard`)."""
+    """Load --model (unless `loaded`) and encode shard `shard_index` of --corpus or --dataset into `output`
+    (`encode_shard`)."""
     from sbmoe.retrieval.index import encode_shard, model_reference
 
     corpus = _corpus_path(args)
-    model, tokenizer = _load(args.model)
+    model, tokenizer = loaded or _load(args.model)
     return encode_shard(
         model,
         tokenizer,
@@ -181,6 +183,17 @@ def add_index_arguments(parser: argparse.ArgumentParser) -> None:
     _add_source(parser, required=True)
     parser.add_argument("--output", required=True, help="new index folder (must not exist or be empty)")
     _add_encoding(parser)
+    from sbmoe.retrieval.choices import NUDGE_VARIANTS
+
+    parser.add_argument(
+        "--nudge",
+        metavar="SPLIT",
+        help="with --dataset: move the vectors of the documents that SPLIT's queries judge relevant towards "
+        "those queries (NUDGE, its step chosen on a tenth of them held out); queries are not changed",
+    )
+    parser.add_argument(
+        "--nudge-variant", choices=NUDGE_VARIANTS, default="n", help="NUDGE-N or NUDGE-M (default: n)"
+    )
     add_index_type_arguments(parser)
     parser.set_defaults(handler=run_index)
 
@@ -189,19 +202,77 @@ def run_index(args: argparse.Namespace) -> int:
     from sbmoe.io import check_new_folder
     from sbmoe.retrieval.index import merge_shards
 
+    if args.nudge and not args.dataset:
+        raise SbmoeError("--nudge SPLIT takes its queries from a collection's qrels: give --dataset")
+    if args.nudge:  # a missing split is an error now, not after the corpus is encoded
+        from sbmoe.data import load_dataset
+
+        load_dataset(args.dataset, args.data_dir).qrels(args.nudge)
     output = check_new_folder(args.output)
     overrides = ann_overrides(args, args.index_type)
     created = not output.exists()
     try:
-        _encode_shard(args, output)
-        info = merge_shards(output, index_type=args.index_type, ann_overrides=overrides, progress=False)
+        loaded = _load(args.model)
+        _encode_shard(args, output, loaded=loaded)
+        adjust = _nudge_documents(args, *loaded) if args.nudge else None
+        info = merge_shards(
+            output, index_type=args.index_type, ann_overrides=overrides, progress=False, adjust=adjust
+        )
     except BaseException:
         if created:  # the folder is ours and incomplete
             shutil.rmtree(output, ignore_errors=True)
         raise
     print(f"indexed {_describe(info, args.output)}")
+    if "nudge" in info:
+        fit = info["nudge"]
+        moved = (
+            f"{fit['documents']} document vectors moved towards {fit['fit_queries']} {fit['split']} queries"
+        )
+        print(f"{fit['method']}: {moved}, step {fit['step']:g} chosen on {fit['validation_queries']} others")
     print(f'search it: sbmoe search --index {args.output} "your query"')
     return 0
+
+
+def _nudge_documents(args: argparse.Namespace, model, tokenizer):
+    """The `adjust` of `merge_shards` for --nudge: NUDGE fitted on the judged queries of the collection's
+    split, encoded as the index encodes queries; the index's embeddings.npy rewritten."""
+
+    def adjust(folder: Path, info: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        import numpy as np
+        import torch
+
+        from sbmoe.data import judged_queries, load_dataset
+        from sbmoe.evaluation.memorisation import fit_memorisation
+        from sbmoe.retrieval.encode import embed_chunk
+
+        dataset = load_dataset(args.dataset, args.data_dir)
+        qrels = dataset.qrels(args.nudge)
+        query_ids = judged_queries(dataset.queries, qrels)
+        texts = [dataset.queries[q] for q in query_ids]
+        dtype = getattr(torch, info["dtype"])
+        queries, _ = embed_chunk(
+            model, tokenizer, texts, "query", info["mode"], batch_size=args.batch_size, dtype=dtype
+        )
+        documents = np.load(folder / "embeddings.npy", allow_pickle=False)
+        with open(folder / "documents.jsonl", encoding="utf-8") as handle:
+            document_ids = [json.loads(line)["_id"] for line in handle]
+        fitted = fit_memorisation(
+            "nudge",
+            args.nudge,
+            qrels,
+            query_ids,
+            queries,
+            document_ids,
+            documents,
+            variant=args.nudge_variant,
+        )
+        _, moved = fitted.transform(queries, documents)
+        np.save(folder / "embeddings.npy", moved, allow_pickle=False)
+        return {"nudge": fitted.report()}
+
+    return adjust
 
 
 # ------------------------------------------------------------------------------------------------ search

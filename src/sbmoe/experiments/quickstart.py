@@ -2,12 +2,13 @@
 
 The base encoder stays frozen: its pooled vectors are computed once and every system trains only its
 block on them with the default frozen recipe (seconds per run on a CPU). Systems: the untrained base
-(ZERO-SHOT), the two memorisation baselines that train nothing (PRIOR: a score bonus for training
-positives; NUDGE: training positives' embeddings moved towards their training queries), a single-expert ADAPTER (the paper's control, and the baseline of the significance tests), the
-gated adapter (one expert scaled by a learned per-text gate), SB-MoE in the paper's two variants, and
-cluster routing, the best routed design of the frozen SciFact grid on validation
-(docs/results/frozen-scifact), evaluated with TOP-1 and ALL routing. Then the report, and an expert
-analysis of the cluster-routed model.
+(ZERO-SHOT); the two memorisation baselines, which train nothing (PRIOR: a score bonus for every training
+positive; NUDGE: the training positives' vectors moved towards their training queries); a single-expert
+ADAPTER (the paper's control, and the baseline of the significance tests); the gated adapter (one expert
+scaled by a learned per-text gate); SB-MoE in the paper's two variants; and cluster routing, the best routed
+design of the frozen SciFact grid on validation (docs/results/frozen-scifact), evaluated with TOP-1 and ALL
+routing. In-domain every system is also scored on the documents no training query judged (the
+unseen-documents view). Then the report, and an expert analysis of the cluster-routed model.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -237,11 +237,15 @@ def merge_shards(
     ann_overrides: dict[str, Any] | None = None,
     keep_shards: bool = False,
     progress: bool = True,
+    adjust: Callable[[Path, dict[str, Any]], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Join OUTPUT/shards/* into the index folder OUTPUT and return its index.json contents.
 
     Refuses (naming the shards) a missing shard, a shard present twice, shards of different encodings,
     and a document id found in two shards. The shards are removed afterwards unless `keep_shards`.
+    adjust: called with the staged folder and its index.json contents once the embeddings are joined and
+    before an approximate index is built over them; it may rewrite embeddings.npy (NUDGE) and returns what
+    index.json should also record.
     """
     output_dir = Path(output_dir)
     if (output_dir / INDEX_FILE).exists():
@@ -263,6 +267,8 @@ def merge_shards(
         else:
             _copy_shards(shards, staging, progress)
         summary = _index_info(first, num_documents, len(shards))
+        if adjust is not None:
+            summary.update(adjust(staging, summary))
         if ann is not None:
             summary.update(_build_ann(staging, index_type, ann))
         write_json(staging / INDEX_FILE, summary)
