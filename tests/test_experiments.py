@@ -153,6 +153,9 @@ def test_quickstart_end_to_end_on_a_tiny_model(tiny_encoder, collections, tmp_pa
     printed = capsys.readouterr().out
     for label in (
         "ZERO-SHOT",
+        "PRIOR",
+        "NUDGE",
+        "nDCG@10 unseen docs",
         "ADAPTER",
         "GATED ADAPTER",
         "SB-MoE faithful N=3 TOP-1",
@@ -161,6 +164,8 @@ def test_quickstart_end_to_end_on_a_tiny_model(tiny_encoder, collections, tmp_pa
     ):
         assert label in printed, label
     assert "comparisons significant" in printed and "Frozen encoder" in printed
+    split = re.search(r"Done in \d+ s \(encoding (\d+) s, training (\d+) s, evaluation (\d+) s", printed)
+    assert split is not None, printed[-300:]
     for name in ("report.md", "report.csv", "report.tex"):
         assert (out / "report" / name).stat().st_size > 0
     for name in ("routing.json", "expert_shares.png", "document_map.png"):

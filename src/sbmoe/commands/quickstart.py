@@ -42,5 +42,6 @@ def run(args: argparse.Namespace) -> int:
     )
     print("Report:   " + ", ".join(str(path) for path in result["report_paths"].values()))
     print("Analysis of cluster routing: " + ", ".join(result["analysis"]["outputs"].values()))
-    print(f"Done in {time.perf_counter() - started:.0f} s.")
+    split = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result["seconds"].items())
+    print(f"Done in {time.perf_counter() - started:.0f} s ({split}).")
     return 0

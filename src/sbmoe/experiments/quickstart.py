@@ -13,7 +13,9 @@ unseen-documents view). Then the report, and an expert analysis of the cluster-r
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +86,14 @@ def run_quickstart(
     logger.info(
         "Frozen encoder: the base's pooled vectors are computed once; each system trains only its block"
     )
+    tick = time.perf_counter()
     run_experiment(config, output / "experiment", progress=progress)
+    grid_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
     report = build_report(output / "experiment")
     paths = write_report(report, output / "report")
+    report_seconds = time.perf_counter() - tick
+    tick = time.perf_counter()
     analyzed = next(run for run in plan_runs(config) if run.label == ANALYZED)
     analysis = analyze(
         AnalyzeSettings(
@@ -98,4 +105,27 @@ def run_quickstart(
             dtype=dtype,
         )
     )
-    return {"report": report, "report_paths": paths, "analysis": analysis}
+    seconds = {
+        **grid_time_split(output / "experiment"),
+        "report": report_seconds,
+        "analysis": time.perf_counter() - tick,
+    }
+    seconds["grid (this call)"] = grid_seconds
+    return {"report": report, "report_paths": paths, "analysis": analysis, "seconds": seconds}
+
+
+def grid_time_split(folder: Path) -> dict[str, float]:
+    """Seconds of the finished runs of a grid folder: encoding (texts pooled by the encoder, or read from the
+    embedding cache), training, and evaluation (the rest: heads, NUDGE and prior fits, search, metrics)."""
+    done = [json.loads(path.read_text(encoding="utf-8")) for path in folder.glob("runs/**/done.json")]
+    encoding = 0.0
+    for evaluation in folder.glob("runs/**/eval/*"):
+        first_mode = next(
+            iter(sorted(evaluation.glob("*/metrics.json"))), None
+        )  # the modes share the pooling
+        if first_mode is not None:
+            timings = json.loads(first_mode.read_text(encoding="utf-8"))["seconds"]
+            encoding += timings["corpus_encoding"] + timings["query_encoding"]
+    training = sum(run.get("train_seconds", 0.0) for run in done)
+    total = sum(run["seconds"] for run in done)
+    return {"encoding": encoding, "training": training, "evaluation": max(0.0, total - training - encoding)}

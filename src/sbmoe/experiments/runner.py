@@ -156,6 +156,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
     started = time.perf_counter()
     folder.mkdir(parents=True)
     memorising: dict[str, Any] = {}  # nudge or prior: the evaluation settings of the in-domain collections
+    train_seconds = 0.0
     if run.system == "zero-shot":
         model_path = run.base
     elif run.system in MEMORISING:
@@ -187,6 +188,7 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             train(TrainingConfig(**settings))
         except ValueError as error:
             raise SbmoeError(f"run {run.run_id}: {error}") from error
+        train_seconds = time.perf_counter() - started
     in_domain = _in_domain(run, config)
     loaded = load_model(model_path)
     modes = _modes(run, config, loaded[0])
@@ -219,7 +221,12 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             path = folder / "model" / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     write_json(
-        folder / "done.json", {"run_id": run.run_id, "seconds": round(time.perf_counter() - started, 1)}
+        folder / "done.json",
+        {
+            "run_id": run.run_id,
+            "seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": round(train_seconds, 1),
+        },
     )
     logger.info("Finished %s in %.0f s", run.run_id, time.perf_counter() - started)
 
