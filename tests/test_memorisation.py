@@ -112,13 +112,15 @@ def test_evaluate_adds_the_views_and_they_agree_with_the_run_file(tiny_encoder, 
     assert metrics["per_query"]["seen-queries/ndcg@10"] == {"q5": metrics["per_query"]["ndcg@10"]["q5"]}
 
 
-def test_views_are_off_for_an_untrained_model_unless_asked(tiny_encoder, tiny_beir, tmp_path):
-    summary = evaluate(
-        EvaluateSettings(
-            model=str(tiny_encoder), dataset=str(tiny_beir), output_dir=str(tmp_path / "e"), progress=False
-        )
-    )[0]
-    assert summary["views"] is None and "unseen-docs/ndcg@10" not in summary
+def test_views_default_to_the_train_split_and_can_be_turned_off(tiny_encoder, tiny_beir, tmp_path):
+    def views(**settings):
+        where = {"output_dir": str(tmp_path / str(len(settings))), "progress": False}
+        model = {"model": str(tiny_encoder), "dataset": str(tiny_beir)}
+        return evaluate(EvaluateSettings(**model, **where, **settings))[0]["views"]
+
+    assert views()["seen_split"] == "train"  # an untrained model's row compares with a trained one's
+    assert views(seen_split="none") is None
+    assert views(split="train", seen_split="auto") is None  # the only other split is the evaluated one
 
 
 def test_a_seen_split_that_is_the_evaluated_one_is_refused(tiny_encoder, tiny_beir, tmp_path):

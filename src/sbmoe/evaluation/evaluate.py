@@ -173,7 +173,8 @@ def _top(run: dict[str, dict[str, float]], k: int) -> dict[str, dict[str, float]
 
 def _seen_split(settings: EvaluateSettings, dataset: Any) -> str | None:
     """The split whose relevant documents count as seen: as given, none, or (auto) the model's training split
-    when its training_config.json says it was trained on this collection and the collection has that split."""
+    when its training_config.json says it was trained on this collection, else the collection's "train" split
+    (so that an untrained model's row compares with a trained one's), else none."""
     choice = settings.seen_split
     if choice == "none":
         return None
@@ -186,12 +187,8 @@ def _seen_split(settings: EvaluateSettings, dataset: Any) -> str | None:
             raise SbmoeError(f"seen_split {choice!r} is the evaluated split: every document would be seen")
         return choice
     trained = trained_on(settings.model)
-    if trained is None:
-        return None
-    names, split = trained
-    if dataset.name in names and split in dataset.splits() and split != settings.split:
-        return split
-    return None
+    split = trained[1] if trained is not None and dataset.name in trained[0] else "train"
+    return split if split in dataset.splits() and split != settings.split else None
 
 
 def _views(

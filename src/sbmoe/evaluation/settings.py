@@ -96,7 +96,7 @@ class EvaluateSettings(SplitSettings, EncoderOverrides):
         "auto",
         "qrels split whose relevant documents count as seen in training: adds the unseen-documents view and "
         "the queries with / without a seen positive (auto: the model's training split if it was trained on "
-        "this collection; none: no views)",
+        "this collection, else the collection's train split if it has one; none: no views)",
     )
     nudge: str | None = setting(
         None, "qrels split whose queries move their relevant documents' embeddings (NUDGE) before search"
