@@ -1,4 +1,5 @@
-# Set-up is idempotent: the virtual environment is (re)built only when pyproject.toml changes.
+# Set-up is idempotent: the virtual environment is (re)built only when pyproject.toml changes. The quickstart
+# needs only the runtime dependencies and the packaged encoder; the tests add the dev extra on top.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU wheel of torch that lies on this machine's disk; a GPU user sets TORCH_SPEC=torch.
@@ -7,27 +8,34 @@ SBMOE_DATA ?= $(abspath ../shared/datasets)
 export SBMOE_DATA
 
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.sbmoe-installed
+RUNTIME := $(VENV)/.sbmoe-runtime
+DEV := $(VENV)/.sbmoe-dev
 
-.PHONY: install quickstart test test-slow lint
+.PHONY: install install-dev quickstart test test-slow lint
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" -e ".[minilm]"
+	touch $(RUNTIME)
+
+$(DEV): $(RUNTIME)
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)" -e ".[dev]"
-	touch $(STAMP)
+	touch $(DEV)
 
-install: $(STAMP)
+install: $(RUNTIME)
 
-quickstart: $(STAMP)
+install-dev: $(DEV)
+
+quickstart: $(RUNTIME)
 	$(BIN)/sbmoe quickstart --output-dir runs/quickstart
 
-test: $(STAMP)
+test: $(DEV)
 	$(BIN)/pytest
 
-test-slow: $(STAMP)
+test-slow: $(DEV)
 	$(BIN)/pytest -m slow
 
-lint: $(STAMP)
+lint: $(DEV)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
