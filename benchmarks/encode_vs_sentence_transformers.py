@@ -194,6 +194,43 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).min())
 
 
+def matmul_flops(lengths: list[int], config) -> float:
+    """Floating-point operations of the encoder's matrix products over documents of these token counts
+    (unpadded): per layer and token, Q, K, V and the output projection (4 H^2 multiply-adds) and the
+    feed-forward pair (2 H I); per layer and document of n tokens, the attention scores and their weighted sum
+    (2 n^2 H). Two operations per multiply-add. Embeddings, layer norms, softmax and pooling are left out."""
+    hidden, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    per_token = 4 * hidden * hidden + 2 * hidden * inner
+    return 2.0 * layers * sum(n * per_token + 2 * n * n * hidden for n in lengths)
+
+
+def fma_peak(threads: int) -> dict[str, object]:
+    """The CPU's peak multiply-add rate on `threads` cores at the clock /proc/cpuinfo reports, for float32
+    and (with AVX512-BF16) bfloat16 dot products, which do twice the multiply-adds of a float32 FMA. Assumed
+    per core and cycle: two FMA pipes of the widest vector width the core executes at full rate (AMD before
+    Zen 5 splits 512-bit vectors into two 256-bit halves), so float32 FLOPs = 2 pipes x lanes x 2."""
+    info = open("/proc/cpuinfo", encoding="utf-8").read()
+    flags = set(next(line for line in info.splitlines() if line.startswith("flags")).split(":", 1)[1].split())
+    mhz = float(next(line for line in info.splitlines() if line.startswith("cpu MHz")).split(":", 1)[1])
+    amd = "AuthenticAMD" in info
+    if "avx512f" in flags and not amd:
+        lanes, isa = 16, "AVX-512, two 512-bit FMA pipes"
+    elif "avx512f" in flags or "avx2" in flags:
+        lanes = 8
+        isa = (
+            "AVX-512 on two 256-bit FMA pipes (AMD)" if "avx512f" in flags else "AVX2, two 256-bit FMA pipes"
+        )
+    else:
+        lanes, isa = 4, "SSE"
+    float32 = threads * mhz * 1e6 * 2 * lanes * 2 / 1e9
+    peak = {"isa": isa, "mhz": mhz, "cores": threads, "float32_gflops": float32}
+    if "avx512_bf16" in flags:
+        peak["bfloat16_gflops"] = 2 * float32
+    if "amx_tile" in flags:
+        peak["amx"] = "AMX present: its bfloat16 peak is far above the vector units' (not modelled here)"
+    return peak
+
+
 def main() -> None:
     args = parse_args()
     if args.threads is not None:
@@ -299,12 +336,22 @@ def main() -> None:
     )
     if onnx_export_seconds is not None and ORT in methods:
         print(f"ONNX export (not timed in the runs): {onnx_export_seconds:.1f} s")
+    flops = matmul_flops(lengths, model.encoder.config)
+    gflops = {name: flops / statistics.median(values) / 1e9 for name, values in seconds.items()}
+    peak = fma_peak(torch.get_num_threads())
+    print(
+        f"matrix products: {flops / 1e9:.1f} GFLOP for the {len(texts)} documents "
+        f"({flops / sum(lengths) / 1e6:.1f} MFLOP a token); CPU peak ({peak['isa']}, "
+        f"{peak['cores']} cores at {peak['mhz']:.0f} MHz): float32 {peak['float32_gflops']:.0f} GFLOP/s"
+        + (f", bfloat16 {peak['bfloat16_gflops']:.0f} GFLOP/s" if "bfloat16_gflops" in peak else "")
+    )
     print()
     width = max([24, *(len(name) + 2 for name in seconds)])
-    print(f"{'method':<{width}}{'median s':>10}{'passages/s':>12}   all runs (s)")
+    print(f"{'method':<{width}}{'median s':>10}{'passages/s':>12}{'GFLOP/s':>10}   all runs (s)")
     for name, values in seconds.items():
         runs = " ".join(f"{v:.2f}" for v in values)
-        print(f"{name:<{width}}{statistics.median(values):>10.2f}{rate[name]:>12.1f}   {runs}")
+        median = statistics.median(values)
+        print(f"{name:<{width}}{median:>10.2f}{rate[name]:>12.1f}{gflops[name]:>10.1f}   {runs}")
     for name, reason in skipped.items():
         print(f"{name:<{width}}skipped: {reason}")
     print()
@@ -370,6 +417,9 @@ def main() -> None:
             },
             "seconds": seconds,
             "passages_per_second": rate,
+            "matmul_gflop": flops / 1e9,
+            "gflops_per_second": gflops,
+            "cpu_peak": peak,
             **result_ratio,
             "sbmoe_bfloat16_over": bf16_ratios,
             "min_cosine_vs_st_float32": cosines,
