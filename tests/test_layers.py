@@ -1,4 +1,4 @@
-"""The package's layers: a module imports only from its own layer or lower ones (README, Layout).
+"""The package's layers: a module imports only from its own layer or lower ones (docs/GUIDE.md, Layout).
 
 Every module under src/sbmoe is parsed, not imported; imports inside functions and under TYPE_CHECKING
 count, and so does `importlib.import_module("sbmoe....")` with a literal name.
@@ -39,7 +39,7 @@ def layer(module: str) -> int:
     """sbmoe.x.y -> the layer of x; sbmoe -> the facade's."""
     parts = module.split(".")
     name = parts[1] if len(parts) > 1 else ""
-    assert name in LAYER_OF, f"sbmoe.{name} is in no layer: add it to LAYERS in {__file__} and to the README"
+    assert name in LAYER_OF, f"sbmoe.{name} is in no layer: add it to LAYERS in {__file__} and to the guide"
     return LAYER_OF[name]
 
 

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -139,10 +138,14 @@ def test_batches_are_a_function_of_seed_and_epoch():
             assert len(set(drawn)) == 2 and set(drawn) <= set(pool), (query, drawn)
 
 
-def run_cli(args: list[str], env_extra: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+def run_cli(
+    args: list[str], env_extra: dict[str, str] | None = None, program: str | None = None, **kwargs
+) -> subprocess.Popen:
+    """`python -m sbmoe ARGS`, or `python -c PROGRAM ARGS` (a program that runs `sbmoe.commands.main`)."""
     env = {**os.environ, "PYTHONPATH": SRC, **(env_extra or {})}
+    entry = ["-c", program] if program is not None else ["-m", "sbmoe"]
     return subprocess.Popen(
-        [sys.executable, "-m", "sbmoe", *args],
+        [sys.executable, *entry, *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -173,26 +176,43 @@ def train_args(base, dataset, output, *extra) -> list[str]:
     ]
 
 
+# `sbmoe train` that kills itself with SIGKILL when the loop asks for the checkpoint of step KILL_STEP,
+# before it is written: the log already has that step, the last checkpoint is the step before. The kill
+# point is exact, whatever the machine's speed.
+KILL_STEP = 10  # mid-epoch: 8 steps an epoch
+SIGKILLED_TRAIN = f"""
+import os, signal, sys
+import sbmoe.training.trainer as trainer
+from sbmoe.commands import main
+
+save_checkpoint = trainer.save_checkpoint
+
+
+def save_or_die(output, model, tokenizer, resumable, info):
+    if resumable.state.global_step == {KILL_STEP}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    save_checkpoint(output, model, tokenizer, resumable, info)
+
+
+trainer.save_checkpoint = save_or_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tiny_encoder, synthetic, tmp_path):
     """Full fine-tuning with dropout: batches, routing noise and dropout RNG must all resume exactly."""
     args = ["--epochs", "6", "--checkpoint-every-steps", "1"]
     reference = run_cli(train_args(tiny_encoder, synthetic, tmp_path / "ref", *args))
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
 
-    victim = run_cli(train_args(tiny_encoder, synthetic, tmp_path / "run", *args))
-    checkpoints = tmp_path / "run" / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(
-        int(p.name.split("-")[1]) >= 9 for p in checkpoints.glob("step-*") if p.name.startswith("step-")
-    ):
-        time.sleep(0.005)
-    victim.send_signal(signal.SIGKILL)
-    victim.wait(timeout=30)
-    assert victim.returncode == -signal.SIGKILL
-    assert not (tmp_path / "run" / "training_summary.json").exists(), "the run finished before it was killed"
+    victim = run_cli(train_args(tiny_encoder, synthetic, tmp_path / "run", *args), program=SIGKILLED_TRAIN)
+    assert victim.wait(timeout=300) == -signal.SIGKILL, victim.stderr.read()
+    assert not (tmp_path / "run" / "training_summary.json").exists()
+    checkpoints = [p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*")]
+    assert checkpoints == [f"step-{KILL_STEP - 1:07d}"]
+    assert logged_steps(tmp_path / "run") == list(range(1, KILL_STEP + 1))  # one step past the checkpoint
     total_steps = len(logged_steps(tmp_path / "ref"))
-    killed_at = max(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
-    assert killed_at < total_steps and killed_at % 8  # mid-run and mid-epoch (8 steps an epoch)
+    assert KILL_STEP < total_steps
 
     resumed = run_cli(train_args(tiny_encoder, synthetic, tmp_path / "run", *args, "--resume"))
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
