@@ -512,6 +512,17 @@ def test_activated_experts_counts_must_fit_n(tmp_path):
         build_report(folder)
 
 
+def test_activated_experts_of_a_query_side_block_count_its_queries(tmp_path):
+    """Documents skip a query-side block: metrics.json has no document counts, the queries are its texts."""
+    folder = make_grid(tmp_path / "grid")
+    path = folder / "runs/scifact/tiny/cluster-null-n3/seed1/eval/scifact/top1/metrics.json"
+    metrics = json.loads(path.read_text())
+    metrics["expert_counts"] = {"queries": [10, 0, 0, 0], "documents": None}
+    path.write_text(json.dumps(metrics))
+    (row,) = [r for r in build_report(folder).experts if r.row.label == "cluster-null N=3 TOP-1"]
+    assert row.activated[0] == 1
+
+
 def test_free_labels_in_tables(tmp_path):
     report = build_report(make_grid(tmp_path / "grid"))
     scifact = report.table("scifact")

@@ -8,7 +8,9 @@ Writes to the output folder:
     document_map.png    2-D projection (PCA or t-SNE) of the documents' pooled vectors, by expert
                         (the figures are .pdf or .svg files with figure_format pdf or svg)
 
-Each text is routed once, on its pooled vector (the input the block actually routes), and counted once.
+Each text is routed once, on its pooled vector (the input the block actually routes), and counted once. The
+documents of a query-side block (apply_to "queries") skip it in retrieval: their experts here are those the
+block would give them.
 Corpus and query encodings go through the embedding cache, so a prior `sbmoe evaluate` is reused.
 """
 

@@ -46,14 +46,16 @@ def route(model: SBMoEModel, pooled: Pooled, mode: str | None = None) -> tuple[n
     each text's top expert [N] (E for the null expert) and the router's probabilities [N, E] (softmax(z),
     the normalised sigmoid gates, or one-hot nearest prototypes: `SBMoEBlock.probabilities` of the
     block's router logits). Under RANDOM-GATE the experts are its random choice; the probabilities stay
-    the gate's."""
+    the gate's. Every text is routed as a query is: the routing depends on the pooled vector (and key)
+    alone, so for a query-side block, whose documents skip it, a document's expert is the one the block
+    would give it."""
     from sbmoe.retrieval.encode import head_batches
 
     if model.moe is None:
         raise ValueError("this model has no MoE block, so it has no routing")
     experts = np.empty(len(pooled), dtype=np.int64)
     probabilities = np.empty((len(pooled), model.config.num_experts), dtype=np.float32)
-    for rows, out in head_batches(model, pooled, mode):
+    for rows, out in head_batches(model, pooled, mode, kind="query"):
         experts[rows] = out.selected_experts[:, 0].cpu().numpy()
         probabilities[rows] = model.moe.probabilities(out.router_logits).float().cpu().numpy()
     return experts, probabilities

@@ -63,7 +63,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
         quickstart.add_arguments,
         "the paper's comparison on SciFact with the packaged MiniLM, in minutes on a CPU",
     ),
-    "data": (data.add_arguments, "list and validate BEIR collections"),
+    "data": (data.add_arguments, "list, validate, download and split BEIR collections"),
 }
 
 

@@ -1,4 +1,5 @@
-"""`sbmoe data list`, `validate` and `download`: the BEIR collections found, one read fully, one fetched."""
+"""`sbmoe data list`, `validate`, `download` and `split`: the BEIR collections found, one read fully, one
+fetched, one's judged queries split into train and test."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from sbmoe.errors import SbmoeError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate,download}")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="{list,validate,download,split}")
     listing = actions.add_parser("list", help="collections found under --data-dir / $SBMOE_DATA")
     add_verbosity(listing)
     add_common(listing)
@@ -30,6 +31,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     download.add_argument("--list", action="store_true", help="name the collections that can be downloaded")
     add_common(download)
     download.set_defaults(handler=run_download)
+    split = actions.add_parser(
+        "split",
+        help="a new collection folder whose train and test qrels split one split's judged queries at random",
+        description=(
+            "Write a BEIR folder whose qrels/train.tsv and qrels/test.tsv split the judged queries of "
+            "COLLECTION's --split at random; corpus and queries are linked, not copied; SOURCES.md and "
+            "split.json record the split."
+        ),
+    )
+    add_verbosity(split)
+    split.add_argument("dataset", metavar="COLLECTION", help="collection name or folder")
+    split.add_argument(
+        "--output", required=True, help="the new collection folder (must not exist or be empty)"
+    )
+    split.add_argument(
+        "--test-share", type=float, default=0.5, help="share of the queries in test (default: 0.5)"
+    )
+    split.add_argument("--seed", type=int, default=0, help="seed of the random split (default: 0)")
+    split.add_argument(
+        "--split", default="test", help="the qrels split whose queries are split (default: test)"
+    )
+    add_common(split)
+    split.set_defaults(handler=run_split)
 
 
 def run_download(args: argparse.Namespace) -> int:
@@ -76,4 +100,26 @@ def run_validate(args: argparse.Namespace) -> int:
         print(f"  problem: {problem}")
     if not report["problems"]:
         print("  no problems found")
+    return 0
+
+
+def run_split(args: argparse.Namespace) -> int:
+    from sbmoe.data.splits import split_collection
+
+    record = split_collection(
+        args.dataset,
+        args.output,
+        test_share=args.test_share,
+        seed=args.seed,
+        split=args.split,
+        data_dir=args.data_dir,
+    )
+    counts = record["counts"]
+    print(
+        f"{record['collection']}/{record['source_split']}: {counts['judged_queries']} judged queries split "
+        f"into train {counts['train']['queries']} and test {counts['test']['queries']} "
+        f"(seed {record['seed']}) in {args.output}"
+    )
+    for problem in record["problems"]:
+        print(f"  problem: {problem}")
     return 0

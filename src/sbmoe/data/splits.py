@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from sbmoe.errors import SbmoeError
 
 logger = logging.getLogger(__name__)
 
@@ -104,3 +108,135 @@ def hold_out(
         if len(held) < target / 2 or len(held) == len(queries):
             return None
     return [q for q in queries if q not in held], [q for q in queries if q in held]
+
+
+SPLIT_FILE = "split.json"
+SPLIT_SOURCES = "SOURCES.md"
+
+
+def split_collection(
+    collection: str | Path,
+    output: str | Path,
+    *,
+    test_share: float = 0.5,
+    seed: int = 0,
+    split: str = "test",
+    data_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write a BEIR folder at `output` whose qrels/train.tsv and qrels/test.tsv split the judged queries of
+    `collection`'s `split` at random (`hold_out`, kind "queries"), about `test_share` of them in test,
+    reproducibly for `seed`; return what split.json records.
+
+    A judged query is one with judgements and a text (`judged_queries`); each keeps all its judgement rows,
+    in the source's order. The corpus and queries.jsonl are symbolic links to the source's files (absolute
+    paths), not copies. SOURCES.md (for people) and split.json (for programs) record the source, the share,
+    the seed, the counts and the sbmoe version and commit. The folder is written beside `output` and renamed
+    into place once `validate_dataset` has read it fully (its problems, inherited from the source, are
+    logged as warnings and recorded).
+
+    Raises SbmoeError, before anything is written, for a share outside (0, 1), a collection or split
+    without judged queries, a share that leaves either side empty, and an `output` that exists and is not
+    an empty folder.
+    """
+    from sbmoe import __version__
+    from sbmoe.data.beir import QRELS_DIR, QRELS_HEADER, QUERIES_FILE, judged_queries, load_dataset
+    from sbmoe.data.validate import validate_dataset
+    from sbmoe.io import (
+        atomic_write_text,
+        check_new_folder,
+        git_commit,
+        provenance,
+        staged_folder,
+        write_json,
+    )
+
+    if not 0 < test_share < 1:
+        raise SbmoeError(f"the test share must be between 0 and 1 (exclusive), got {test_share}")
+    check_new_folder(output)
+    dataset = load_dataset(collection, data_dir)
+    if split not in dataset.splits():
+        raise SbmoeError(
+            f"collection {dataset.name!r} has no judgements in a split {split!r} to split; its splits: "
+            f"{', '.join(dataset.splits()) or 'none (no qrels/*.tsv files)'}"
+        )
+    qrels = dataset.qrels(split)
+    judged = judged_queries(dataset.queries, qrels)
+    if not judged:
+        raise SbmoeError(
+            f"collection {dataset.name!r}, split {split!r}: no judged query with a text, nothing to split"
+        )
+    test_count = round(test_share * len(judged))
+    if not 0 < test_count < len(judged):
+        raise SbmoeError(
+            f"a test share of {test_share} of the {len(judged)} judged queries of {dataset.name}/{split} "
+            f"puts {test_count} in test and {len(judged) - test_count} in train: both sides need a query"
+        )
+    positives = {query: relevant(qrels[query]) for query in judged}
+    split_ids = hold_out(positives, test_share, seed, kind="queries")
+    assert split_ids is not None  # kind "queries" always splits
+    train_ids, test_ids = split_ids
+    parts = {"train": train_ids, "test": test_ids}
+    train_documents = relevant_documents({query: qrels[query] for query in train_ids})
+    record: dict[str, Any] = {
+        "collection": dataset.name,
+        "collection_path": str(dataset.path.resolve()),
+        "source_split": split,
+        "test_share": test_share,
+        "seed": seed,
+        "method": "a random sample of the judged queries (sbmoe.data.splits.hold_out, kind 'queries')",
+        "counts": {
+            "judged_queries": len(judged),
+            "rows_of_queries_without_text": sum(len(qrels[query]) for query in set(qrels) - set(judged)),
+            **{
+                name: {
+                    "queries": len(ids),
+                    "rows": sum(len(qrels[query]) for query in ids),
+                    "relevant_rows": sum(len(relevant(qrels[query])) for query in ids),
+                }
+                for name, ids in parts.items()
+            },
+            "test_queries_with_a_relevant_document_no_training_query_judged": sum(
+                bool(relevant(qrels[query]) - train_documents) for query in test_ids
+            ),
+        },
+        "sbmoe_version": __version__,
+        "git_commit": git_commit(),
+        "provenance": provenance(),
+    }
+    with staged_folder(output) as staging:
+        for name in (dataset.corpus_path.name, QUERIES_FILE):
+            (staging / name).symlink_to((dataset.path / name).resolve())
+        for name, ids in parts.items():
+            rows = "".join(
+                f"{query}\t{doc}\t{grade}\n" for query in ids for doc, grade in qrels[query].items()
+            )
+            atomic_write_text(staging / QRELS_DIR / f"{name}.tsv", "\t".join(QRELS_HEADER) + "\n" + rows)
+        report = validate_dataset(load_dataset(staging))
+        for problem in report["problems"]:
+            logger.warning("%s: %s", output, problem)
+        record["problems"] = report["problems"]
+        write_json(staging / SPLIT_FILE, record)
+        atomic_write_text(staging / SPLIT_SOURCES, _split_sources(record))
+    return record
+
+
+def _split_sources(record: Mapping[str, Any]) -> str:
+    """SOURCES.md of a split folder: what split.json records, for a person."""
+    counts = record["counts"]
+    lines = [
+        f"# {record['collection']}, {record['source_split']} judgements split into train and test — sources",
+        f"Source: the collection {record['collection']} ({record['collection_path']}), its qrels/"
+        f"{record['source_split']}.tsv. corpus and queries.jsonl are links to its files, not copies.",
+        f"Split: {record['method']}; test share {record['test_share']}, seed {record['seed']}.",
+        f"Counts: {counts['judged_queries']} judged queries; train {counts['train']['queries']} queries "
+        f"({counts['train']['rows']} qrels rows), test {counts['test']['queries']} queries "
+        f"({counts['test']['rows']} rows); {counts['rows_of_queries_without_text']} rows of queries "
+        "without a text left out.",
+        f"Test queries with a relevant document that no training query judged: "
+        f"{counts['test_queries_with_a_relevant_document_no_training_query_judged']}.",
+        f"Made by: sbmoe {record['sbmoe_version']}, commit {record['git_commit'] or 'unknown'}: "
+        f"`{record['provenance']['command']}`.",
+        f"Validation: {'; '.join(record['problems']) or 'no problems found'}.",
+        "Machine-readable: split.json.",
+    ]
+    return "\n".join(lines) + "\n"

@@ -157,7 +157,7 @@ def _memorisation(
     def adjust(query_embeddings: np.ndarray, document_embeddings: np.ndarray):
         fit = fit_memorisation(
             "nudge" if settings.nudge else "prior", split, qrels, query_ids,
-            apply_head(model, pooled_queries, mode)[0], document_ids, document_embeddings,
+            apply_head(model, pooled_queries, mode, kind="query")[0], document_ids, document_embeddings,
             variant=settings.nudge_variant, seed=settings.memorisation_seed,
         )  # fmt: skip
         fitted.append(fit)
@@ -275,13 +275,13 @@ def _expert_counts(
     model: SBMoEModel, query_experts: np.ndarray | None, doc_experts: np.ndarray | None
 ) -> dict[str, list[int]] | None:
     """How many queries and documents have each expert as their top choice (a last bin for the null
-    expert when the block has one)."""
-    if query_experts is None or doc_experts is None:
+    expert when the block has one); documents None when they skip a query-side block."""
+    if query_experts is None:
         return None
     block = model.moe
     return {
-        "queries": expert_counts(query_experts, block.num_experts, block.has_null_expert),
-        "documents": expert_counts(doc_experts, block.num_experts, block.has_null_expert),
+        side: None if experts is None else expert_counts(experts, block.num_experts, block.has_null_expert)
+        for side, experts in (("queries", query_experts), ("documents", doc_experts))
     }
 
 

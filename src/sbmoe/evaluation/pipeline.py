@@ -93,7 +93,7 @@ class Retrieval:
     query_embeddings: np.ndarray  # [Nq, H]
     document_embeddings: np.ndarray  # [Nd, H]
     query_experts: np.ndarray | None  # [Nq]
-    document_experts: np.ndarray | None  # [Nd]
+    document_experts: np.ndarray | None  # [Nd]; None too when documents skip a query-side block
     scores: np.ndarray  # [Nq, k]
     indices: np.ndarray  # [Nq, k] rows of the documents
 
@@ -115,8 +115,8 @@ def retrieve(
     then exact maximum-inner-product search for each query's top `k` documents (`backend`: see
     `sbmoe.retrieval.search.search`). adjust: applied to (query, document) embeddings before the search
     (NUDGE or the document prior, `sbmoe.evaluation.memorisation`)."""
-    document_embeddings, document_experts = apply_head(model, documents, mode)
-    query_embeddings, query_experts = apply_head(model, queries, mode)
+    document_embeddings, document_experts = apply_head(model, documents, mode, kind="document")
+    query_embeddings, query_experts = apply_head(model, queries, mode, kind="query")
     if adjust is not None:
         query_embeddings, document_embeddings = adjust(query_embeddings, document_embeddings)
     scores, indices = search(query_embeddings, document_embeddings, k, backend=backend)

@@ -114,15 +114,17 @@ def _usage(record: dict, files: MetricsFiles) -> dict | None:
         return None
     n = record["num_experts"]
     sides = [counts.get(side) if isinstance(counts, dict) else None for side in ("queries", "documents")]
+    if isinstance(counts, dict) and "documents" in counts and counts["documents"] is None:
+        sides = sides[:1]  # a query-side block: documents skip it, its texts are the queries
     lengths = {len(side) if isinstance(side, list) else None for side in sides}
     integers = all(isinstance(c, int) for side in sides if isinstance(side, list) for c in side)
     if len(lengths) != 1 or lengths - {n, n + 1} or not integers:
         raise DataError(
             files.path(record["metrics_file"]),
             f"expert_counts must hold 'queries' and 'documents' lists of {n} counts (or {n + 1} with a null "
-            f"expert), as the line's num_experts says",
+            f"expert), as the line's num_experts says (documents null for a query-side block)",
         )
-    return usage_statistics([q + d for q, d in zip(*sides, strict=True)], n)
+    return usage_statistics([sum(per_expert) for per_expert in zip(*sides, strict=True)], n)
 
 
 def _mean_of_means(groups: list[list[float | None]]) -> float | None:

@@ -108,7 +108,7 @@ class SbmoeBeirModel:
             pooled, _ = encode_cached(self.model, self.tokenizer, ids, texts, kind, cache=cache, **options)
         else:
             pooled = encode_pooled(self.model, self.tokenizer, texts, kind, **options)
-        embeddings, _ = apply_head(self.model, pooled, self.mode)
+        embeddings, _ = apply_head(self.model, pooled, self.mode, kind=kind)
         return embeddings
 
     def encode_queries(

@@ -2,9 +2,10 @@
 
 The folder is sentence-transformers' own layout: Transformer (the encoder and tokenizer at the root),
 Pooling, then `SBMoEHead` (the block, in 2_SBMoEHead/ with config.json and model.safetensors), then
-Normalize when the model normalises. Only the head is sbmoe code, so loading it needs sbmoe installed and
-`SentenceTransformer(folder, trust_remote_code=True)`; a model without the MoE block exports as a plain
-folder that needs neither.
+Normalize when the model normalises (with a Router of query and document routes when the two sides differ:
+in max length, or in the block, which a query-side model applies to queries only). Only the head is sbmoe
+code, so loading it needs sbmoe installed and `SentenceTransformer(folder, trust_remote_code=True)`; a model
+without the MoE block exports as a plain folder that needs neither.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sbmoe.errors import SbmoeError
 from sbmoe.io import check_new_folder, staged_folder
 from sbmoe.modeling.model import SBMoEModel
 from sbmoe.modeling.moe import SBMoEBlock, routing_keys
-from sbmoe.modeling.settings import BlockSettings, block_settings_dict
+from sbmoe.modeling.settings import KINDS, BlockSettings, block_settings_dict
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def export_sentence_transformers(
     mode: the routing the exported model uses (default: the model's default_mode). The folder declares the
     similarity sbmoe scores with (dot product; "cosine" when the model normalises), and a model whose query
     and document max lengths differ gets a Router with one route per side, for `encode_query` and
-    `encode_document` (plain `encode` takes the document route).
+    `encode_document` (plain `encode` takes the document route). So does a query-side model (apply_to
+    "queries"): its block is in the query route only, and documents get the encoder's pooled vectors.
     """
     from sentence_transformers import SentenceTransformer
 
@@ -116,19 +118,27 @@ def export_sentence_transformers(
     with tempfile.TemporaryDirectory(prefix=".sbmoe-encoder.", dir=output.parent) as encoder_dir:
         model.encoder.save_pretrained(encoder_dir)
         tokenizer.save_pretrained(encoder_dir)
-        if config.query_max_length == config.document_max_length:
-            length = config.document_max_length
-            first: list[torch.nn.Module] = [Transformer(encoder_dir, max_seq_length=length)]
-        else:  # a route per side, each with its own max length (the encoder is stored once per route)
-            first = [
-                Router.for_query_document(
-                    query_modules=[Transformer(encoder_dir, max_seq_length=config.query_max_length)],
-                    document_modules=[Transformer(encoder_dir, max_seq_length=config.document_max_length)],
-                )
-            ]
-        modules = [*first, Pooling(config.hidden_size, pooling_mode=config.pooling)]
-        if model.moe is not None:
-            modules.append(SBMoEHead.from_model(model, mode))
+
+        def encoder(kind: str) -> torch.nn.Module:
+            return Transformer(encoder_dir, max_seq_length=config.max_length_for(kind))
+
+        def pooling() -> torch.nn.Module:
+            return Pooling(config.hidden_size, pooling_mode=config.pooling)
+
+        modules: list[torch.nn.Module]
+        if model.moe is not None and not model.uses_block("document"):
+            # A query-side block: only the query route has it; documents get the encoder's pooled vectors.
+            routes = {kind: [encoder(kind), pooling()] for kind in KINDS}
+            routes["query"].append(SBMoEHead.from_model(model, mode))
+            modules = [Router.for_query_document(routes["query"], routes["document"])]
+        else:
+            if config.query_max_length == config.document_max_length:
+                modules = [encoder("document")]
+            else:  # a route per side, each with its own max length (the encoder is stored once per route)
+                modules = [Router.for_query_document([encoder("query")], [encoder("document")])]
+            modules.append(pooling())
+            if model.moe is not None:
+                modules.append(SBMoEHead.from_model(model, mode))
         if config.normalize:
             modules.append(Normalize())
         # sbmoe scores by dot product; with normalised embeddings that is the cosine

@@ -81,7 +81,8 @@ def model_card(
         'model = AutoModel.from_pretrained("THIS_FOLDER_OR_HUB_ID", trust_remote_code=True).eval()',
         'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER_OR_HUB_ID", trust_remote_code=True)',
         'batch = tokenizer(["a query"], padding=True, truncation=True, return_tensors="pt")',
-        'embeddings = model(batch["input_ids"], batch["attention_mask"]).embeddings  # [B, H], dot product',
+        'embeddings = model(batch["input_ids"], batch["attention_mask"], kind="query").embeddings  # [B, H]',
+        '# kind: "query" or "document" (a query-side block takes queries only); scores are dot products',
         "```",
         "",
         "`sbmoe export --format sentence-transformers` writes a sentence-transformers folder of the same "

@@ -21,6 +21,8 @@ ROUTERS = ("softmax", "sigmoid", "cluster")
 ROUTING_NOISE = ("noisy", "none", "anneal")
 TOP1_WEIGHTS = ("softmax", "straight-through")
 ACTIVATION_NAMES = ("relu", "gelu", "silu", "tanh")
+APPLY_TO = ("both", "queries")
+KINDS = ("query", "document")  # what a text is; `SBMoEModel.uses_block` says which kinds the block takes
 
 
 ENCODER_FIELDS = ("pooling", "normalize", "query_max_length", "document_max_length")
@@ -127,6 +129,12 @@ class BlockSettings:
         None, "inference routing when none is asked for: top1, topk:K, all or random",
         null="top1, or random with random_gate",
     )  # fmt: skip
+    apply_to: str = setting(
+        "both",
+        "which texts pass through the block: both (queries and documents, the paper) or queries (documents "
+        "keep the encoder's pooled vectors, normalised if the model normalises, as RouterRetriever)",
+        APPLY_TO,
+    )
 
     def __post_init__(self) -> None:
         self.validate()

@@ -2,7 +2,8 @@
 
 Texts become `Pooled`: the encoder's pooled output [N, H] and each text's routing key [N] (a hash of its
 token ids, which the RANDOM-GATE routes by). The two travel together, through the cache too, so
-`apply_head` runs the head in any routing mode without its caller knowing which mode needs what.
+`apply_head` runs the head in any routing mode without its caller knowing which mode needs what; its caller
+says the texts' kind, since a query-side block takes queries only.
 
 The cache stores the pooled output (before the model's head), so a change of head settings or routing
 mode reuses it. Its key covers the encoder weights, pooling, max length, the compute dtype (see
@@ -149,25 +150,32 @@ def embed_chunk(
     bar: tqdm | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """The scored embeddings [n, H] of a chunk of texts under routing `mode`, and each text's top expert
-    [n] (None without an MoE block): `pool_chunk`, then `apply_head`."""
+    """The scored embeddings [n, H] of a chunk of texts of `kind` under routing `mode`, and each text's top
+    expert [n] (None when they skip the block, or without one): `pool_chunk`, then `apply_head`."""
     pooled = pool_chunk(
         model, tokenizer, texts, kind, batch_size=batch_size, device=device, bar=bar, dtype=dtype
     )
-    return apply_head(model, pooled, mode)
+    return apply_head(model, pooled, mode, kind=kind)
 
 
 def apply_head(
-    model: SBMoEModel, pooled: Pooled, mode: str | None = None, batch_size: int = 8192
+    model: SBMoEModel,
+    pooled: Pooled,
+    mode: str | None = None,
+    batch_size: int = 8192,
+    *,
+    kind: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Run the model's head over pooled texts in batches, routing with `mode` (see `SBMoEModel.head`;
-    None: the model's default).
+    """Run the model's head over pooled texts of one `kind` ("query" or "document"; None: not said, which a
+    query-side model refuses) in batches, routing with `mode` (see `SBMoEModel.head`; None: the model's
+    default).
 
-    Returns the embeddings [N, H] float32 and, with an MoE block, each text's top expert [N] (else None).
+    Returns the embeddings [N, H] float32 and, for texts that pass through an MoE block
+    (`SBMoEModel.uses_block`), each text's top expert [N] (else None).
     """
     embeddings = np.empty(pooled.vectors.shape, dtype=np.float32)
-    experts = np.empty(len(pooled), dtype=np.int64) if model.moe is not None else None
-    for rows, out in head_batches(model, pooled, mode, batch_size):
+    experts = np.empty(len(pooled), dtype=np.int64) if model.uses_block(kind) else None
+    for rows, out in head_batches(model, pooled, mode, batch_size, kind=kind):
         embeddings[rows] = out.embeddings.float().cpu().numpy()
         if experts is not None:
             experts[rows] = out.selected_experts[:, 0].cpu().numpy()
@@ -175,10 +183,15 @@ def apply_head(
 
 
 def head_batches(
-    model: SBMoEModel, pooled: Pooled, mode: str | None = None, batch_size: int = 8192
+    model: SBMoEModel,
+    pooled: Pooled,
+    mode: str | None = None,
+    batch_size: int = 8192,
+    *,
+    kind: str | None = None,
 ) -> Iterator[tuple[slice, SBMoEOutput]]:
-    """`model.head` over pooled texts, `batch_size` rows at a time, in eval mode (restored afterwards) and
-    without gradients: yields (rows, the head's output for those rows)."""
+    """`model.head` over pooled texts of one `kind`, `batch_size` rows at a time, in eval mode (restored
+    afterwards) and without gradients: yields (rows, the head's output for those rows)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -188,7 +201,7 @@ def head_batches(
             with torch.inference_mode():  # not held across the yield: the caller's code keeps its grad mode
                 vectors = torch.from_numpy(np.ascontiguousarray(pooled.vectors[rows])).to(device)
                 keys = None if pooled.keys is None else torch.from_numpy(pooled.keys[rows]).to(device)
-                out = model.head(vectors, mode=mode, keys=keys)
+                out = model.head(vectors, mode=mode, keys=keys, kind=kind)
             yield rows, out
     finally:
         model.train(was_training)

@@ -3,7 +3,7 @@
     INDEX/index.json        what the index holds: model, routing mode, type and settings, counts, provenance
     INDEX/embeddings.npy    [N, H] float32, the vectors that are scored (row i = line i of documents.jsonl)
     INDEX/documents.jsonl   {"_id", "title", "preview"} per row, for printing hits
-    INDEX/experts.npy       [N] int32, each document's top expert (models with an MoE block)
+    INDEX/experts.npy       [N] int32, each document's top expert (models whose MoE block takes documents)
     INDEX/ann.faiss         the approximate index (types hnsw and ivfpq)
     INDEX/shards/shard-IIIII-of-SSSSS/   while a sharded encoding is under way (see `encode_shard`)
 
@@ -59,7 +59,8 @@ PREVIEW_CHARS = 100
 INDEX_FORMAT = 1
 # Shards of one encoding must agree on all of these.
 SHARED_FIELDS = (
-    "num_shards", "num_documents", "corpus", "model_fingerprint", "mode", "chunk_size", "dim", "dtype"
+    "num_shards", "num_documents", "corpus", "model_fingerprint", "mode", "chunk_size", "dim", "dtype",
+    "apply_to",
 )  # fmt: skip
 
 
@@ -143,6 +144,8 @@ def encode_shard(
         "chunk_size": chunk_size,
         "dim": model.config.hidden_size,
         "dtype": dtype_name(dtype),
+        # a query-side block: documents skip it, so the index holds the encoder's vectors and no experts
+        **({"apply_to": "queries"} if model.moe is not None and not model.uses_block("document") else {}),
     }
     folder = shard_folder(output_dir, shard_index, num_shards)
     existing = _read_json(folder / SHARD_FILE) if (folder / SHARD_FILE).exists() else None
@@ -193,7 +196,7 @@ def _encode_rows(
     embeddings = np.lib.format.open_memmap(folder / "embeddings.npy", "w+", np.float32, (len(rows), dim))
     experts = (
         np.lib.format.open_memmap(folder / "experts.npy", "w+", np.int32, (len(rows),))
-        if model.moe is not None
+        if model.uses_block("document")
         else None
     )
     documents = islice(iter_documents(corpus_path), rows.start, rows.stop)
@@ -283,7 +286,7 @@ def _copy_shards(shards: list[tuple[Path, dict[str, Any]]], staging: Path, progr
     shape = (first["num_documents"], first["dim"])
     embeddings = np.lib.format.open_memmap(staging / "embeddings.npy", "w+", np.float32, shape)
     experts = None
-    if first["num_experts"] is not None:
+    if first["num_experts"] is not None and first.get("apply_to") != "queries":
         experts = np.lib.format.open_memmap(staging / "experts.npy", "w+", np.int32, shape[:1])
     seen: dict[str, str] = {}
     with open(staging / "documents.jsonl", "w", encoding="utf-8") as listing:
@@ -372,6 +375,7 @@ def _index_info(shard: dict[str, Any], num_documents: int, num_shards: int) -> d
         "mode": shard["mode"],
         "dtype": shard.get("dtype", "float32"),  # indexes built before the field: float32
         "num_experts": shard["num_experts"],
+        **({"apply_to": shard["apply_to"]} if "apply_to" in shard else {}),
         "num_shards": num_shards,
         "provenance": provenance(),
     }

@@ -235,6 +235,11 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
             raise ValueError(f"upcycle_noise must be >= 0, got {self.upcycle_noise!r}")
         if self.init_from is not None and self.system == "finetune":
             raise ValueError("init_from upcycles the block's experts; system finetune has no block")
+        if self.apply_to != "both" and self.system == "finetune":
+            raise ValueError(
+                f"apply_to {self.apply_to!r} says which texts pass through the block; system finetune has no "
+                "block (use adapter, sbmoe, gated-adapter or random-gate)"
+            )
 
     def _apply_system(self) -> None:
         """Set the block fields the system fixes; refuse an explicit value that contradicts it."""

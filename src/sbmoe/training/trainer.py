@@ -391,9 +391,9 @@ def _embed(
         with encoder_autocast(device, net.dtype):
             pooled = model.pool(tokens["input_ids"], tokens["attention_mask"], tokens.get("token_type_ids"))
         pooled = pooled.float()
-    if model.moe is None:
-        return model.head(pooled)
-    return model.head(pooled, noise=noise.to(device), noise_weight=noise_weight)
+    if not model.uses_block(kind):
+        return model.head(pooled, kind=kind)
+    return model.head(pooled, noise=noise.to(device), noise_weight=noise_weight, kind=kind)
 
 
 def _local_aux_loss(*outputs: SBMoEOutput | None) -> torch.Tensor | None:
@@ -414,7 +414,7 @@ def _routing_stats(
     counts = torch.zeros(n)
     entropy = torch.zeros(1)
     for output in outputs:
-        if output is None:
+        if output is None or output.selected_experts is None:  # none, or documents of a query-side block
             continue
         top = expert_counts(output.selected_experts[:, 0], block.num_experts, block.has_null_expert)
         counts += torch.tensor(top, dtype=torch.float32)
