@@ -307,3 +307,36 @@ def test_index_with_nudge_moves_only_the_judged_documents(tiny_encoder, tiny_bei
     assert main(["search", "--index", str(tmp_path / "nudged"), "gene protein", "--top-k", "3"]) == 0
     assert main([*args[:3], "--corpus", str(tiny_beir / "corpus.jsonl"), "--output", str(tmp_path / "z"),
                  "--nudge", "train"]) == 2  # fmt: skip
+
+
+@pytest.mark.slow
+def test_scifact_unseen_view_agrees_with_pytrec_eval_on_the_run_file(tmp_path):
+    """The real case (`make test-slow`): MiniLM-L6 on SciFact test, the view against the train split, checked
+    independently of sbmoe's metrics: pytrec_eval on run.trec without the seen documents and the qrels
+    without them (queries left without a relevant document dropped)."""
+    import pytrec_eval
+    from conftest import shared_datasets
+
+    from sbmoe.commands import main
+    from sbmoe.data import load_dataset
+
+    out = tmp_path / "eval"
+    data = str(shared_datasets())
+    assert main(["evaluate", "--model", "minilm-l6", "--dataset", "scifact", "--data-dir", data,
+                 "--output-dir", str(out), "--no-progress"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    dataset = load_dataset("scifact", data)
+    seen = relevant_documents(dataset.qrels("train"))
+    qrels = {
+        q: {d: g for d, g in judged.items() if d not in seen} for q, judged in dataset.qrels("test").items()
+    }
+    qrels = {q: judged for q, judged in qrels.items() if any(g >= 1 for g in judged.values())}
+    run = {
+        q: {d: s for d, s in hits.items() if d not in seen}
+        for q, hits in read_trec_run(out / "run.trec").items()
+    }
+    per_query = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut.10"}).evaluate({q: run[q] for q in qrels})
+    independent = sum(v["ndcg_cut_10"] for v in per_query.values()) / len(qrels)
+    assert metrics["views"]["unseen-docs"]["num_queries"] == len(qrels) == 107
+    assert metrics["unseen-docs/ndcg@10"] == pytest.approx(independent, abs=1e-4)
+    assert metrics["views"]["seen-queries"]["num_queries"] == 196
