@@ -149,6 +149,12 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
     max_grad_norm: float | None = setting(1.0, "gradient clipping norm (null in a config file: no clipping)")
     dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
     freeze_encoder: bool = setting(False, "train only the block on cached pooled vectors (fast on a CPU)")
+    cpu_threads: int | None = setting(
+        None,
+        "torch's CPU threads in the training loop; the last bits of the results can depend on it (a "
+        "small matrix product's kernel differs by thread count), so a run is reproduced with the same",
+        null="1 with --freeze-encoder (its small tensors are slower on more), else torch's default",
+    )
     # selection, checkpoints, logging
     selection: str = setting(
         "last", "model kept: last or best validation nDCG@10 (with early stopping)", SELECTIONS
@@ -193,7 +199,12 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
         for name in ("batch_size", "epochs", "encode_batch_size", "hard_negative_depth", "validate_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("checkpoint_every_steps", "early_stopping_patience", "validation_documents"):
+        for name in (
+            "checkpoint_every_steps",
+            "early_stopping_patience",
+            "validation_documents",
+            "cpu_threads",
+        ):
             value = getattr(self, name)
             if value is not None and (
                 not isinstance(value, int) or value < (0 if name == "validation_documents" else 1)

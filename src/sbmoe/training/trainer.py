@@ -19,10 +19,12 @@ noise and dropout it would have had.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,13 +83,15 @@ VALIDATION_METRIC = "ndcg@10"
 
 @dataclass
 class ModelOnDevice:
-    """The model being trained, its tokenizer, the device it runs on and the encoder's compute dtype
-    (`config.dtype` resolved for that device)."""
+    """The model being trained, its tokenizer, the device it runs on, the encoder's compute dtype
+    (`config.dtype` resolved for that device) and the parameters that train (listed once: walking the
+    encoder's parameters at every step cost more than a frozen run's arithmetic)."""
 
     model: SBMoEModel
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
 
 
 @dataclass
@@ -113,7 +117,6 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     run = TrainingRun(config, info, load_training_data(config, info), output)
     net = _model_on_device(config, info)
     if config.freeze_encoder:
-        net.model.encoder.requires_grad_(False)
         for collection in run.data.collections:
             collection.pool_everything(
                 net.model, net.tokenizer, batch_size=config.encode_batch_size, device=net.device,
@@ -148,9 +151,37 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         config.report_to,
         config.to_dict(),
     )
-    with log:  # the trackers' runs end however training does
+    # The trackers' runs end however training does.
+    with log, _intra_op_threads(_loop_threads(config)):
         _train_epochs(run, net, resumable, total_steps, log)
         return _finish(run, net, resumable.state)
+
+
+def _loop_threads(config: TrainingConfig) -> int | None:
+    """torch's CPU threads in the loop: `config.cpu_threads`, else 1 for a frozen encoder, else as set.
+
+    A frozen-encoder step multiplies [32, 384] vectors by a block of under a million parameters: each of
+    its hundreds of operations is microseconds of arithmetic, and a second thread costs more to wake and
+    join than it saves; when another job shares the cores, every operation also waits for the thread that
+    was descheduled, and a 2-thread run took 6 to 20 times as long as a 1-thread one
+    (benchmarks/frozen_train_speed.py). The thread count can change the last bits of a product of a few
+    rows (MKL picks another kernel), and so a run's weights: the count is a setting, saved with the run.
+    """
+    if config.cpu_threads is not None:
+        return config.cpu_threads
+    return 1 if config.freeze_encoder else None
+
+
+@contextlib.contextmanager
+def _intra_op_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU operations on `count` threads (None: as set) inside the block, restored afterwards."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _train_epochs(
@@ -160,7 +191,7 @@ def _train_epochs(
     checkpoint; stops early when the selection says so."""
     config, info, output, state = run.config, run.info, run.output, resumable.state
     optimizer, scheduler = resumable.optimizer, resumable.scheduler
-    trainable = [p for p in net.model.parameters() if p.requires_grad]
+    trainable = net.trainable
     logger.info(
         "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s, %s",
         config.system, config.dataset, sum(len(c.train) for c in run.data.collections),
@@ -206,12 +237,15 @@ def _train_epochs(
 
 
 def _model_on_device(config: TrainingConfig, info: DistributedInfo) -> ModelOnDevice:
-    """The model to train (upcycled if asked) on this process's device."""
+    """The model to train (upcycled if asked; its encoder frozen if asked) on this process's device."""
     model, tokenizer = _seeded_model(config)
     _upcycle(model, config)
+    if config.freeze_encoder:
+        model.encoder.requires_grad_(False)
     device = default_device() if not torch.cuda.is_available() else torch.device("cuda", info.local_rank)
     model.to(device)
-    return ModelOnDevice(model, tokenizer, device, resolve_dtype(config.dtype, device))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return ModelOnDevice(model, tokenizer, device, resolve_dtype(config.dtype, device), trainable)
 
 
 def _seeded_model(config: TrainingConfig) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
@@ -303,7 +337,11 @@ def _optimizer(
     if model.moe is not None:
         block = [p for p in model.moe.parameters() if p.requires_grad]  # the faithful noise net is frozen
         groups.append({"params": block, "lr": config.moe_lr, "name": "moe"})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    # foreach: the same arithmetic as the loop over tensors, one call per operation for all of them (a
+    # frozen run's dozen small tensors made that loop a tenth of its step); it holds a copy of the
+    # gradients more, so a training encoder keeps torch's default.
+    foreach = True if config.freeze_encoder else None
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, foreach=foreach)
     name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[config.schedule]
     warmup = math.ceil(config.warmup_ratio * total_steps)
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
@@ -347,7 +385,7 @@ def _train_step(
     aux = _local_aux_loss(queries, positives, negatives)
     result = contrastive_loss(q, d, mask, config.temperature, symmetric=config.symmetric, aux_loss=aux)
     # Every process computes the same global loss: backpropagate a 1/world share and sum the gradients.
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = net.trainable
     loss = result.loss
     if not loss.requires_grad:  # every text of this shard took the null expert: no parameter was used
         loss = loss + 0.0 * sum(p.sum() for p in trainable)  # zero gradients, as any skipped block gets
