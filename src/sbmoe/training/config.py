@@ -166,7 +166,9 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
         1, "validate every N epochs and after the last (with selection last, validation only monitors)"
     )
     checkpoint_every_steps: int | None = setting(
-        None, "also save a checkpoint every N steps", null="at epoch ends only"
+        None,
+        "also save a checkpoint every N steps",
+        null="at an epoch end when the last is a minute old, and after the last epoch",
     )
     seed: int = setting(42, "seed of the block, the batches and the held-out queries")
     encode_batch_size: int = setting(

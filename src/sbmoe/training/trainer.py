@@ -14,7 +14,9 @@ Output folder (DIR):
 
 Every write is atomic (a folder staged beside and renamed; files replaced in one step), so a run killed at
 any moment leaves its last checkpoint loadable and `--resume` continues from it with the same batches,
-noise and dropout it would have had.
+noise and dropout it would have had. An epoch end writes a checkpoint when the last one is at least
+`CHECKPOINT_INTERVAL_SECONDS` old, and the last epoch always does: a killed run loses at most about that
+much work, and a frozen-encoder run, whose epochs take milliseconds, does not spend its time writing them.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ from sbmoe.training.validation import validate
 logger = logging.getLogger(__name__)
 
 VALIDATION_METRIC = "ndcg@10"
+CHECKPOINT_INTERVAL_SECONDS = 60.0  # an epoch end writes a checkpoint when the last one is this old
 
 
 @dataclass
@@ -187,11 +190,12 @@ def _intra_op_threads(count: int | None) -> Iterator[None]:
 def _train_epochs(
     run: TrainingRun, net: ModelOnDevice, resumable: Resumable, total_steps: int, log: TrainingLog
 ) -> None:
-    """The epochs left to train (all, or those after a checkpoint), each ending in validation and a
-    checkpoint; stops early when the selection says so."""
+    """The epochs left to train (all, or those after a checkpoint), each ending in validation and, when
+    due (`_checkpoint_due`), a checkpoint; stops early when the selection says so."""
     config, info, output, state = run.config, run.info, run.output, resumable.state
     optimizer, scheduler = resumable.optimizer, resumable.scheduler
     trainable = net.trainable
+    last_checkpoint = time.monotonic()
     logger.info(
         "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s, %s",
         config.system, config.dataset, sum(len(c.train) for c in run.data.collections),
@@ -230,7 +234,18 @@ def _train_epochs(
         _end_of_epoch(run, net, state, log)
         state.epoch += 1
         state.step_in_epoch = 0
-        save_checkpoint(output, net.model, net.tokenizer, resumable, info)
+        if _checkpoint_due(run, state, time.monotonic() - last_checkpoint):
+            save_checkpoint(output, net.model, net.tokenizer, resumable, info)
+            last_checkpoint = time.monotonic()
+
+
+def _checkpoint_due(run: TrainingRun, state: TrainerState, seconds_since_last: float) -> bool:
+    """Whether this epoch end writes a checkpoint: after the last epoch (also an early stop), or when the
+    last checkpoint is `CHECKPOINT_INTERVAL_SECONDS` old. The main process's clock decides for all."""
+    last = state.epoch >= run.config.epochs or state.stopped_early
+    due = last or seconds_since_last >= CHECKPOINT_INTERVAL_SECONDS
+    (due,) = broadcast_values([float(due)], run.info)
+    return bool(due)
 
 
 # ----------------------------------------------------------------------------------------------- model
