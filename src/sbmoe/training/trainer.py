@@ -226,7 +226,7 @@ def _train_epochs(
             pairs_per_second = len(batch.query_ids) / (time.perf_counter() - started)
             learning_rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
             log.step(state, parts, learning_rates, routing, pairs_per_second)
-            bar.set_postfix(loss=f"{parts['total']:.4f}", pairs_s=f"{pairs_per_second:.1f}")
+            bar.set_postfix(loss=f"{parts['total']:.4f}", pairs_s=f"{pairs_per_second:.1f}", refresh=False)
             bar.update(1)
             if config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0:
                 save_checkpoint(output, net.model, net.tokenizer, resumable, info)
