@@ -21,7 +21,7 @@ class TrainingLog:
 
     A resumed run first drops the lines past the checkpoint it continues from (`resume_step`), so every
     step is logged once. train_log.jsonl is the record: a line is written before any tracker sees it. The
-    file stays open for the run (a frozen-encoder run logs a step every millisecond or so), and each line
+    file stays open for the run (a frozen-encoder run logs a step every few milliseconds), and each line
     is flushed as it is written, so a killed run's log holds every step before its last checkpoint.
     """
 

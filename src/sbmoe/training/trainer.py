@@ -88,7 +88,7 @@ CHECKPOINT_INTERVAL_SECONDS = 60.0  # an epoch end writes a checkpoint when the 
 class ModelOnDevice:
     """The model being trained, its tokenizer, the device it runs on, the encoder's compute dtype
     (`config.dtype` resolved for that device) and the parameters that train (listed once: walking the
-    encoder's parameters at every step cost more than a frozen run's arithmetic)."""
+    encoder's parameters at every step took most of a second of a frozen SciFact run)."""
 
     model: SBMoEModel
     tokenizer: PreTrainedTokenizerBase
@@ -166,9 +166,10 @@ def _loop_threads(config: TrainingConfig) -> int | None:
     A frozen-encoder step multiplies [32, 384] vectors by a block of under a million parameters: each of
     its hundreds of operations is microseconds of arithmetic, and a second thread costs more to wake and
     join than it saves; when another job shares the cores, every operation also waits for the thread that
-    was descheduled, and a 2-thread run took 6 to 20 times as long as a 1-thread one
-    (benchmarks/frozen_train_speed.py). The thread count can change the last bits of a product of a few
-    rows (MKL picks another kernel), and so a run's weights: the count is a setting, saved with the run.
+    was descheduled, and a frozen SciFact run took 3 to 11 times as long on 2 threads as on 1
+    (benchmarks/frozen_train_speed.py, BENCHMARKS.md). The thread count can change the last bits of a
+    product of a few rows (MKL's float32 products of 5-11 rows differ on 1 and 2 threads), and so a
+    multi-expert run's weights: the count is a setting, saved with the run.
     """
     if config.cpu_threads is not None:
         return config.cpu_threads
@@ -352,9 +353,9 @@ def _optimizer(
     if model.moe is not None:
         block = [p for p in model.moe.parameters() if p.requires_grad]  # the faithful noise net is frozen
         groups.append({"params": block, "lr": config.moe_lr, "name": "moe"})
-    # foreach: the same arithmetic as the loop over tensors, one call per operation for all of them (a
-    # frozen run's dozen small tensors made that loop a tenth of its step); it holds a copy of the
-    # gradients more, so a training encoder keeps torch's default.
+    # foreach: the same arithmetic as the loop over tensors, bit for bit, one call per operation for all
+    # of them (5-20 % faster on a frozen run's block); it holds a copy of the gradients more, so a
+    # training encoder keeps torch's default.
     foreach = True if config.freeze_encoder else None
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, foreach=foreach)
     name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[config.schedule]
