@@ -540,3 +540,30 @@ def test_validate_every_validates_every_n_epochs_and_after_the_last(tiny_encoder
     assert len([record for record in log if record["type"] == "step"]) == 5 * len(
         [record for record in log if record["type"] == "step" and record["epoch"] == 1]
     )  # every epoch trained
+
+
+@pytest.mark.parametrize(("interval", "epochs_checkpointed"), [(0.0, [1, 2, 3]), (3600.0, [3])])
+def test_an_epoch_end_checkpoints_when_the_last_checkpoint_is_old_and_after_the_last_epoch(
+    tiny_encoder, synthetic, tmp_path, monkeypatch, interval, epochs_checkpointed
+):
+    """An interval of 0 checkpoints every epoch (as sbmoe did before); a long one only the last epoch, which
+    a resumed run then finds complete. A frozen run's loop also leaves torch's thread count as it was."""
+    from sbmoe.training import trainer
+
+    real_save, checkpointed = trainer.save_checkpoint, []
+
+    def recording(output, model, tokenizer, resumable, info):
+        checkpointed.append(resumable.state.epoch)
+        real_save(output, model, tokenizer, resumable, info)
+
+    monkeypatch.setattr(trainer, "CHECKPOINT_INTERVAL_SECONDS", interval)
+    monkeypatch.setattr(trainer, "save_checkpoint", recording)
+    threads = torch.get_num_threads()
+    settings = {"epochs": 3, "freeze_encoder": True}
+    train(config_for(tiny_encoder, synthetic, tmp_path / "run", **settings))
+    assert checkpointed == epochs_checkpointed
+    assert torch.get_num_threads() == threads
+    steps = len(logged_steps(tmp_path / "run"))
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == [f"step-{steps:07d}"]
+    summary = train(config_for(tiny_encoder, synthetic, tmp_path / "run", **settings), resume=True)
+    assert checkpointed == epochs_checkpointed and summary["epochs_run"] == 3  # nothing left to train

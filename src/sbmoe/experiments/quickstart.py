@@ -56,7 +56,7 @@ def quickstart_config(
         "modes": ["top1", "all"],
         "seeds": [seed],
         "keep_models": [ANALYZED],
-        # the default frozen recipe (10 epochs, the last kept); validation, which only monitors, after the last
+        # the default frozen recipe (10 epochs, the last kept); validation only monitors, after the last epoch
         "training": {"freeze_encoder": True, "batch_size": batch_size, "validate_every": 10},
         "data_dir": data_dir,
         "dtype": dtype,

@@ -191,10 +191,15 @@ def head_batches(
     kind: str | None = None,
 ) -> Iterator[tuple[slice, SBMoEOutput]]:
     """`model.head` over pooled texts of one `kind`, `batch_size` rows at a time, in eval mode (restored
-    afterwards) and without gradients: yields (rows, the head's output for those rows)."""
+    afterwards) and without gradients: yields (rows, the head's output for those rows).
+
+    Only the block is switched to eval mode and back: it is all `model.head` runs, and switching the
+    encoder's hundred-odd modules too took milliseconds at each validation of a frozen-encoder run."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    block = model.moe
+    was_training = block is not None and block.training
+    if block is not None:
+        block.eval()
     try:
         for start in range(0, len(pooled), batch_size):
             rows = slice(start, start + batch_size)
@@ -204,7 +209,8 @@ def head_batches(
                 out = model.head(vectors, mode=mode, keys=keys, kind=kind)
             yield rows, out
     finally:
-        model.train(was_training)
+        if block is not None:
+            block.train(was_training)
 
 
 def text_routing_keys(

@@ -35,7 +35,8 @@ TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
 # validation hold-out of SciFact's training queries (docs/results/recipe-clean), where memorising the training
 # positives cannot pay, validation nDCG@10 falls with longer training; a cosine decay from 3e-3 over 10 epochs
 # (5 % warm-up) ends highest of the schedules tried (10 to 60 epochs; constant 1e-4 and 1e-3), for the adapter
-# and for learned N = 6. (On a random hold-out, whose positives training sees, 60 epochs won: docs/results/recipe.)
+# and for learned N = 6. (On a random hold-out, whose positives training sees, 60 epochs won:
+# docs/results/recipe.)
 # Encoder training: a practitioner's schedule (warm-up, linear decay); 5e-5 was ahead of 2e-5 after each of 3
 # epochs (one seed); the paper's 1e-6 barely moves the encoder. The last epoch is kept.
 DEFAULT_RECIPE: dict[str, dict[str, Any]] = {
@@ -162,6 +163,12 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
     max_grad_norm: float | None = setting(1.0, "gradient clipping norm (null in a config file: no clipping)")
     dtype: str = setting("float32", DTYPE_HELP, DTYPES)  # bfloat16: autocast; see precision.py
     freeze_encoder: bool = setting(False, "train only the block on cached pooled vectors (fast on a CPU)")
+    cpu_threads: int | None = setting(
+        None,
+        "torch's CPU threads in the training loop; the last bits of the results can depend on it (a "
+        "small matrix product's kernel differs by thread count), so a run is reproduced with the same",
+        null="1 with --freeze-encoder (its small tensors are slower on more), else torch's default",
+    )
     # selection, checkpoints, logging
     selection: str = setting(
         "last", "model kept: last or best validation nDCG@10 (with early stopping)", SELECTIONS
@@ -173,7 +180,9 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
         1, "validate every N epochs and after the last (with selection last, validation only monitors)"
     )
     checkpoint_every_steps: int | None = setting(
-        None, "also save a checkpoint every N steps", null="at epoch ends only"
+        None,
+        "also save a checkpoint every N steps",
+        null="at an epoch end when the last is a minute old, and after the last epoch",
     )
     seed: int = setting(42, "seed of the block, the batches and the held-out queries")
     encode_batch_size: int = setting(
@@ -206,7 +215,12 @@ class TrainingConfig(BlockSettings, EncoderOverrides):
         for name in ("batch_size", "epochs", "encode_batch_size", "hard_negative_depth", "validate_every"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("checkpoint_every_steps", "early_stopping_patience", "validation_documents"):
+        for name in (
+            "checkpoint_every_steps",
+            "early_stopping_patience",
+            "validation_documents",
+            "cpu_threads",
+        ):
             value = getattr(self, name)
             if value is not None and (
                 not isinstance(value, int) or value < (0 if name == "validation_documents" else 1)

@@ -202,22 +202,31 @@ def interleave(batches_of: Sequence[list[Batch]], seed: int, epoch: int) -> list
 
 @dataclass(frozen=True)
 class PooledTable:
-    """A frozen encoder's pooled texts of one kind ("query" or "document") of a collection, by id."""
+    """A frozen encoder's pooled texts of one kind ("query" or "document") of a collection, by id.
+
+    `table` is `pooled.vectors` seen as a tensor (no copy): a step's vectors are one `index_select`."""
 
     rows: dict[str, int]  # id -> row
     pooled: Pooled
+    table: torch.Tensor  # [N, H] float32, the memory of pooled.vectors
 
     @classmethod
     def of(cls, ids: list[str], pooled: Pooled) -> PooledTable:
-        return cls({text_id: row for row, text_id in enumerate(ids)}, pooled)
+        return cls(
+            {text_id: row for row, text_id in enumerate(ids)}, pooled, torch.from_numpy(pooled.vectors)
+        )
 
     def vectors(self, ids: list[str]) -> torch.Tensor:
-        """The pooled vectors [len(ids), H] of these ids, in order."""
-        return torch.from_numpy(self.pooled.vectors[[self.rows[i] for i in ids]])
+        """The pooled vectors [len(ids), H] of these ids, in order (on the CPU)."""
+        return self.table.index_select(0, torch.tensor([self.rows[i] for i in ids]))
 
     def take(self, ids: list[str]) -> Pooled:
-        """The pooled texts of these ids, in order (with their routing keys)."""
-        return self.pooled.take([self.rows[i] for i in ids])
+        """The pooled texts of these ids, in order (with their routing keys); the table itself when they
+        are all of its ids in its order (a frozen run's validation documents), without a copy."""
+        rows = [self.rows[i] for i in ids]
+        if rows == list(range(len(self.pooled))):
+            return self.pooled
+        return self.pooled.take(rows)
 
 
 @dataclass

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
@@ -20,7 +20,9 @@ class TrainingLog:
     the trackers' runs on the way out, marked failed after an exception.
 
     A resumed run first drops the lines past the checkpoint it continues from (`resume_step`), so every
-    step is logged once. train_log.jsonl is the record: a line is written before any tracker sees it.
+    step is logged once. train_log.jsonl is the record: a line is written before any tracker sees it. The
+    file stays open for the run (a frozen-encoder run logs a step every few milliseconds), and each line
+    is flushed as it is written, so a killed run's log holds every step before its last checkpoint.
     """
 
     def __init__(
@@ -33,6 +35,7 @@ class TrainingLog:
     ):
         self.path, self.enabled = path, enabled
         self.trackers: list[Tracker] = []
+        self._file: TextIO | None = None
         if not enabled:
             return
         if path.exists():  # drop lines past the checkpoint a resumed run continues from
@@ -42,6 +45,7 @@ class TrainingLog:
             ]  # fmt: skip
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         self.trackers = start_trackers(report_to, path.parent, settings or {}, resume_step)
+        self._file = open(path, "a", encoding="utf-8")  # closed by `close`
 
     def __enter__(self) -> TrainingLog:
         return self
@@ -50,8 +54,8 @@ class TrainingLog:
         self.close(failed=kind is not None)
 
     def _write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
 
     def step(
         self,
@@ -91,9 +95,12 @@ class TrainingLog:
         )
 
     def close(self, failed: bool = False) -> None:
-        """End the trackers' runs (once)."""
+        """End the trackers' runs and close the file (once)."""
         finish_trackers(self.trackers, failed)
         self.trackers = []
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 def step_scalars(record: dict[str, Any]) -> dict[str, float]:

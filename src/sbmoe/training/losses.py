@@ -57,12 +57,10 @@ def negative_mask(query_positives: Sequence[set[str]], column_doc_ids: Sequence[
         column holding query i's own positive is True as well; `contrastive_loss` re-enables it as the
         target.
     """
-    mask = torch.zeros(len(query_positives), len(column_doc_ids), dtype=torch.bool)
-    for i, positives in enumerate(query_positives):
-        for j, doc_id in enumerate(column_doc_ids):
-            if doc_id in positives:
-                mask[i, j] = True
-    return mask
+    # Built as Python booleans and made a tensor once: setting a tensor's elements one by one took 0.2 ms
+    # of every step, a few percent of a frozen-encoder step.
+    rows = [[doc_id in positives for doc_id in column_doc_ids] for positives in query_positives]
+    return torch.tensor(rows, dtype=torch.bool).reshape(len(query_positives), len(column_doc_ids))
 
 
 def _masked_cross_entropy(logits: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:

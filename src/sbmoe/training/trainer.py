@@ -14,15 +14,19 @@ Output folder (DIR):
 
 Every write is atomic (a folder staged beside and renamed; files replaced in one step), so a run killed at
 any moment leaves its last checkpoint loadable and `--resume` continues from it with the same batches,
-noise and dropout it would have had.
+noise and dropout it would have had. An epoch end writes a checkpoint when the last one is at least
+`CHECKPOINT_INTERVAL_SECONDS` old, and the last epoch always does: a killed run loses at most about that
+much work, and a frozen-encoder run, whose epochs take milliseconds, does not spend its time writing them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,17 +81,20 @@ from sbmoe.training.validation import validate
 logger = logging.getLogger(__name__)
 
 VALIDATION_METRIC = "ndcg@10"
+CHECKPOINT_INTERVAL_SECONDS = 60.0  # an epoch end writes a checkpoint when the last one is this old
 
 
 @dataclass
 class ModelOnDevice:
-    """The model being trained, its tokenizer, the device it runs on and the encoder's compute dtype
-    (`config.dtype` resolved for that device)."""
+    """The model being trained, its tokenizer, the device it runs on, the encoder's compute dtype
+    (`config.dtype` resolved for that device) and the parameters that train (listed once: walking the
+    encoder's parameters at every step took most of a second of a frozen SciFact run)."""
 
     model: SBMoEModel
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     dtype: torch.dtype
+    trainable: list[torch.nn.Parameter] = field(default_factory=list)
 
 
 @dataclass
@@ -113,7 +120,6 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
     run = TrainingRun(config, info, load_training_data(config, info), output)
     net = _model_on_device(config, info)
     if config.freeze_encoder:
-        net.model.encoder.requires_grad_(False)
         for collection in run.data.collections:
             collection.pool_everything(
                 net.model, net.tokenizer, batch_size=config.encode_batch_size, device=net.device,
@@ -148,19 +154,49 @@ def train(config: TrainingConfig, resume: bool = False) -> dict[str, Any]:
         config.report_to,
         config.to_dict(),
     )
-    with log:  # the trackers' runs end however training does
+    # The trackers' runs end however training does.
+    with log, _intra_op_threads(_loop_threads(config)):
         _train_epochs(run, net, resumable, total_steps, log)
         return _finish(run, net, resumable.state)
+
+
+def _loop_threads(config: TrainingConfig) -> int | None:
+    """torch's CPU threads in the loop: `config.cpu_threads`, else 1 for a frozen encoder, else as set.
+
+    A frozen-encoder step multiplies [32, 384] vectors by a block of under a million parameters: each of
+    its hundreds of operations is microseconds of arithmetic, and a second thread costs more to wake and
+    join than it saves; when another job shares the cores, every operation also waits for the thread that
+    was descheduled, and a frozen SciFact run took 3 to 11 times as long on 2 threads as on 1
+    (benchmarks/frozen_train_speed.py, BENCHMARKS.md). The thread count can change the last bits of a
+    product of a few rows (MKL's float32 products of 5-11 rows differ on 1 and 2 threads), and so a
+    multi-expert run's weights: the count is a setting, saved with the run.
+    """
+    if config.cpu_threads is not None:
+        return config.cpu_threads
+    return 1 if config.freeze_encoder else None
+
+
+@contextlib.contextmanager
+def _intra_op_threads(count: int | None) -> Iterator[None]:
+    """torch's CPU operations on `count` threads (None: as set) inside the block, restored afterwards."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _train_epochs(
     run: TrainingRun, net: ModelOnDevice, resumable: Resumable, total_steps: int, log: TrainingLog
 ) -> None:
-    """The epochs left to train (all, or those after a checkpoint), each ending in validation and a
-    checkpoint; stops early when the selection says so."""
+    """The epochs left to train (all, or those after a checkpoint), each ending in validation and, when
+    due (`_checkpoint_due`), a checkpoint; stops early when the selection says so."""
     config, info, output, state = run.config, run.info, run.output, resumable.state
     optimizer, scheduler = resumable.optimizer, resumable.scheduler
-    trainable = [p for p in net.model.parameters() if p.requires_grad]
+    trainable = net.trainable
+    last_checkpoint = time.monotonic()
     logger.info(
         "Training %s on %s: %d queries (%d validation), %d steps per epoch, %s trainable parameters%s, %s",
         config.system, config.dataset, sum(len(c.train) for c in run.data.collections),
@@ -191,7 +227,7 @@ def _train_epochs(
             pairs_per_second = len(batch.query_ids) / (time.perf_counter() - started)
             learning_rates = {group["name"]: group["lr"] for group in optimizer.param_groups}
             log.step(state, parts, learning_rates, routing, pairs_per_second)
-            bar.set_postfix(loss=f"{parts['total']:.4f}", pairs_s=f"{pairs_per_second:.1f}")
+            bar.set_postfix(loss=f"{parts['total']:.4f}", pairs_s=f"{pairs_per_second:.1f}", refresh=False)
             bar.update(1)
             if config.checkpoint_every_steps and state.global_step % config.checkpoint_every_steps == 0:
                 save_checkpoint(output, net.model, net.tokenizer, resumable, info)
@@ -199,19 +235,33 @@ def _train_epochs(
         _end_of_epoch(run, net, state, log)
         state.epoch += 1
         state.step_in_epoch = 0
-        save_checkpoint(output, net.model, net.tokenizer, resumable, info)
+        if _checkpoint_due(run, state, time.monotonic() - last_checkpoint):
+            save_checkpoint(output, net.model, net.tokenizer, resumable, info)
+            last_checkpoint = time.monotonic()
+
+
+def _checkpoint_due(run: TrainingRun, state: TrainerState, seconds_since_last: float) -> bool:
+    """Whether this epoch end writes a checkpoint: after the last epoch (also an early stop), or when the
+    last checkpoint is `CHECKPOINT_INTERVAL_SECONDS` old. The main process's clock decides for all."""
+    last = state.epoch >= run.config.epochs or state.stopped_early
+    due = last or seconds_since_last >= CHECKPOINT_INTERVAL_SECONDS
+    (due,) = broadcast_values([float(due)], run.info)
+    return bool(due)
 
 
 # ----------------------------------------------------------------------------------------------- model
 
 
 def _model_on_device(config: TrainingConfig, info: DistributedInfo) -> ModelOnDevice:
-    """The model to train (upcycled if asked) on this process's device."""
+    """The model to train (upcycled if asked; its encoder frozen if asked) on this process's device."""
     model, tokenizer = _seeded_model(config)
     _upcycle(model, config)
+    if config.freeze_encoder:
+        model.encoder.requires_grad_(False)
     device = default_device() if not torch.cuda.is_available() else torch.device("cuda", info.local_rank)
     model.to(device)
-    return ModelOnDevice(model, tokenizer, device, resolve_dtype(config.dtype, device))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return ModelOnDevice(model, tokenizer, device, resolve_dtype(config.dtype, device), trainable)
 
 
 def _seeded_model(config: TrainingConfig) -> tuple[SBMoEModel, PreTrainedTokenizerBase]:
@@ -303,7 +353,11 @@ def _optimizer(
     if model.moe is not None:
         block = [p for p in model.moe.parameters() if p.requires_grad]  # the faithful noise net is frozen
         groups.append({"params": block, "lr": config.moe_lr, "name": "moe"})
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    # foreach: the same arithmetic as the loop over tensors, bit for bit, one call per operation for all
+    # of them (5-20 % faster on a frozen run's block); it holds a copy of the gradients more, so a
+    # training encoder keeps torch's default.
+    foreach = True if config.freeze_encoder else None
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, foreach=foreach)
     name = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}[config.schedule]
     warmup = math.ceil(config.warmup_ratio * total_steps)
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
@@ -347,7 +401,7 @@ def _train_step(
     aux = _local_aux_loss(queries, positives, negatives)
     result = contrastive_loss(q, d, mask, config.temperature, symmetric=config.symmetric, aux_loss=aux)
     # Every process computes the same global loss: backpropagate a 1/world share and sum the gradients.
-    trainable = [p for p in model.parameters() if p.requires_grad]
+    trainable = net.trainable
     loss = result.loss
     if not loss.requires_grad:  # every text of this shard took the null expert: no parameter was used
         loss = loss + 0.0 * sum(p.sum() for p in trainable)  # zero gradients, as any skipped block gets

@@ -21,7 +21,6 @@ def validate(model, tokenizer, data: TrainingData, config: TrainingConfig, devic
         collection.name: _validate_collection(model, tokenizer, collection, config, device)
         for collection in data.collections
     }
-    model.train()
     if len(per_collection) == 1:
         return next(iter(per_collection.values()))
     names = list(next(iter(per_collection.values())))
