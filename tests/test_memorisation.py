@@ -278,6 +278,17 @@ def test_evaluate_command_with_nudge_and_prior(tiny_encoder, tiny_beir, tmp_path
     assert "nudge-n fitted on" in printed and "unseen-docs/ndcg@10" in printed
     assert main([*args, "--output-dir", str(tmp_path / "p"), "--prior", "train"]) == 0
     assert json.loads((tmp_path / "p" / "metrics.json").read_text())["memorisation"]["method"] == "prior"
+    # Fitted on the training queries that share no positive with test, as a clean-protocol model is trained.
+    assert (
+        main(
+            [*args, "--output-dir", str(tmp_path / "c"), "--nudge", "train", "--exclude-positives-of", "test"]
+        )
+        == 0
+    )
+    fitted = json.loads((tmp_path / "c" / "metrics.json").read_text())["memorisation"]
+    assert (
+        fitted["fit_queries"] + fitted["validation_queries"] == 3 and fitted["exclude_positives_of"] == "test"
+    )
     assert main([*args, "--output-dir", str(tmp_path / "x"), "--nudge", "test"]) == 2  # the evaluated split
     assert main([*args, "--output-dir", str(tmp_path / "y"), "--nudge", "dev"]) == 2  # no such split
     assert "dev" in capsys.readouterr().err

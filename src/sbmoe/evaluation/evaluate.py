@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from sbmoe.data import load_dataset
-from sbmoe.data.splits import relevant_documents
+from sbmoe.data.splits import exclude_sharing, relevant_documents
 from sbmoe.errors import SbmoeError
 from sbmoe.evaluation.memorisation import Fitted, fit_memorisation
 from sbmoe.evaluation.metrics import METRICS, MetricResult, evaluate_run, remove_self_hits
@@ -71,6 +71,14 @@ def evaluate(
     if settings.nudge or settings.prior:
         split = settings.nudge or settings.prior
         fitting_qrels = dataset.qrels(split)
+        if settings.exclude_positives_of is not None:  # the queries training would keep
+            fitting_qrels, dropped = exclude_sharing(
+                fitting_qrels, dataset.qrels(settings.exclude_positives_of)
+            )
+            logger.info(
+                "%s: %d %s queries share a relevant document with %s and are left out of the fit",
+                dataset.name, len(dropped), split, settings.exclude_positives_of,
+            )  # fmt: skip
         ids, fitting_queries, _ = pool_queries(
             model, tokenizer, queries, fitting_qrels, cache=cache, **encoding
         )
@@ -113,7 +121,11 @@ def evaluate(
             "num_queries": result.num_queries,
             **{name: statistics.fmean(values.values()) for name, values in view_values.items()},
             "views": views or None,
-            "memorisation": fitted[0].report() if fitted else None,
+            "memorisation": (
+                {**fitted[0].report(), "exclude_positives_of": settings.exclude_positives_of}
+                if fitted
+                else None
+            ),
             "drop_self_hits": drop_self_hits,
             "corpus_from_cache": pooled.documents_from_cache,
             "seconds": {

@@ -106,6 +106,11 @@ class EvaluateSettings(SplitSettings, EncoderOverrides):
         None, "qrels split whose relevant documents gain a score bonus (the document prior) in search"
     )
     memorisation_seed: int = setting(42, "seed of the queries that choose the NUDGE or prior step")
+    exclude_positives_of: str | None = setting(
+        None,
+        "with nudge or prior: leave out the fitting split's queries that share a relevant document with this "
+        "split (e.g. test), as training does with the same setting",
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,3 +120,7 @@ class EvaluateSettings(SplitSettings, EncoderOverrides):
             raise ValueError("nudge and prior are two baselines: choose one")
         if self.split in (self.nudge, self.prior):
             raise ValueError(f"the evaluated split {self.split!r} cannot also fit NUDGE or the prior")
+        if self.exclude_positives_of is not None and not (self.nudge or self.prior):
+            raise ValueError(
+                "exclude_positives_of filters the queries NUDGE or the prior is fitted on: set one"
+            )

@@ -165,6 +165,8 @@ def _execute(run: Run, config: ExperimentConfig, folder: Path, output: Path, pro
             run.system: config.train_split,
             "nudge_variant": run.training.get("nudge_variant", "n"),
             "memorisation_seed": run.seed,
+            # fitted on the training queries the grid's trained systems keep
+            "exclude_positives_of": config.training.get("exclude_positives_of"),
         }
     else:
         model_path = str(folder / "model")
