@@ -138,13 +138,11 @@ def split_collection(
     without judged queries, a share that leaves either side empty, and an `output` that exists and is not
     an empty folder.
     """
-    from sbmoe import __version__
     from sbmoe.data.beir import QRELS_DIR, QRELS_HEADER, QUERIES_FILE, judged_queries, load_dataset
     from sbmoe.data.validate import validate_dataset
     from sbmoe.io import (
         atomic_write_text,
         check_new_folder,
-        git_commit,
         provenance,
         staged_folder,
         write_json,
@@ -199,10 +197,10 @@ def split_collection(
                 bool(relevant(qrels[query]) - train_documents) for query in test_ids
             ),
         },
-        "sbmoe_version": __version__,
-        "git_commit": git_commit(),
         "provenance": provenance(),
     }
+    record["sbmoe_version"] = record["provenance"]["packages"]["sbmoe"]
+    record["git_commit"] = record["provenance"]["git_commit"]
     with staged_folder(output) as staging:
         for name in (dataset.corpus_path.name, QUERIES_FILE):
             (staging / name).symlink_to((dataset.path / name).resolve())
