@@ -470,7 +470,7 @@ def test_default_recipe_depends_on_the_regime_and_explicit_values_win():
 
     frozen = resolve_config({}, {"base": "b", "dataset": "d", "output_dir": "o", "freeze_encoder": True})
     assert (frozen.epochs, frozen.moe_lr, frozen.schedule, frozen.warmup_ratio, frozen.selection) == (
-        60, 3e-3, "cosine", 0.05, "last",
+        10, 3e-3, "cosine", 0.05, "last",
     )  # fmt: skip
     full = resolve_config({}, {"base": "b", "dataset": "d", "output_dir": "o", "system": "finetune"})
     assert (full.epochs, full.encoder_lr, full.schedule, full.warmup_ratio, full.selection) == (
